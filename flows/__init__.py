@@ -1,0 +1,37 @@
+"""paperline's flows, by name. Imports are lazy so ``paperline list`` stays instant."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    name: str
+    module: str  # e.g. "flows.stun"
+    function: str  # the @flow function in that module
+    config: str  # "package.module:ClassName" of its pydantic config
+    purpose: str
+
+    def load_flow(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.function)
+
+    def load_config_class(self) -> type:
+        mod, cls = self.config.split(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+FLOWS: dict[str, FlowSpec] = {
+    "stun": FlowSpec(
+        "stun", "flows.stun", "stun", "tasks.stun.config:StunConfig",
+        "STUN: expert-then-unstructured pruning of MoE LLMs vs Wanda/OWL/NAEE/frequency baselines",
+    ),
+}
+
+
+def get_flow(name: str) -> FlowSpec:
+    try:
+        return FLOWS[name]
+    except KeyError:
+        raise KeyError(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}") from None

@@ -1,0 +1,1 @@
+"""Shared building blocks of every paperline domain: artifact IO, configs, devices, registries."""

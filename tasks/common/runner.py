@@ -1,0 +1,72 @@
+"""The one factory for task runners: prefect-ray's ``RayTaskRunner``.
+
+Embedded local Ray by default (all cores, no dashboard, token auth off); ``RAY_ADDRESS``
+points at an existing cluster. Prefect owns retries, so Ray task retries are off for steps
+(:func:`step_options`); heavy resources live in restartable actors (``workers/``).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
+
+from .artifacts import PROJECT_ROOT, data_root
+
+#: environment every Ray worker must share with the flow process
+_FORWARDED_ENV = ("PREFECT_API_URL", "PAPERLINE_DATA", "PREFECT_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env.setdefault("PAPERLINE_DATA", str(data_root()))
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def ray_init_kwargs(address: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_env()},
+        "log_to_driver": True,
+    }
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        kwargs.update(
+            num_cpus=int(os.environ.get("PAPERLINE_RAY_CPUS", os.cpu_count() or 1)),
+            include_dashboard=False,
+            # Steps exchange paths, not tensors: a small object store is plenty.
+            object_store_memory=int(os.environ.get("PAPERLINE_RAY_OBJECT_STORE", 256 * 2**20)),
+            _temp_dir=os.environ.get("PAPERLINE_RAY_TMP") or None,
+        )
+        if kwargs["_temp_dir"] is None:
+            kwargs.pop("_temp_dir")
+    return kwargs
+
+
+def make_task_runner() -> RayTaskRunner:
+    address = os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("PAPERLINE_DATA", str(data_root()))
+    return RayTaskRunner(address=address, init_kwargs=ray_init_kwargs(address))
+
+
+def cluster_resources() -> dict[str, float]:
+    """Resources of the Ray cluster this process is connected to (CPU/GPU counts)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"CPU": float(os.cpu_count() or 1), "GPU": 0.0}
+    return dict(ray.cluster_resources())
+
+
+@contextmanager
+def step_options(*, num_cpus: float = 1, num_gpus: float = 0) -> Iterator[None]:
+    """Ray options for the Prefect tasks submitted inside: no Ray retries, sized resources."""
+    with remote_options(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus):
+        yield
+
+
+__all__ = ["make_task_runner", "step_options", "cluster_resources", "worker_env", "PROJECT_ROOT"]

@@ -1,0 +1,96 @@
+"""The `stun` flow end to end on the Ray task runner, at toy size (a tiny zoo model)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+TOY = [
+    "zoo.layers=2", "zoo.experts=4", "zoo.hidden=32", "zoo.intermediate=64", "zoo.heads=2", "zoo.kv_heads=2",
+    "zoo.steps=30", "zoo.seq_len=64", "zoo.batch_size=8", "zoo.vocab_size=384",
+    "zoo.n_train_problems=400", "zoo.n_heldout_problems=40",
+    "sparsities=[0.5]", "export_sparsity=0.5", "calib_samples=8", "calib_seq_len=32",
+    "eval_ppl_tokens=512", "eval_problems=8", "profile_workers=2",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, prefect_server):
+    import ray
+
+    from flows.stun import stun
+    from tasks.common.config import load_config
+    from tasks.common.runner import make_task_runner, ray_init_kwargs
+    from tasks.stun.config import StunConfig
+
+    root = tmp_path_factory.mktemp("data")
+    old = os.environ.get("PAPERLINE_DATA")
+    os.environ["PAPERLINE_DATA"] = str(root)
+    os.environ["PAPERLINE_NO_DVC"] = "1"
+    ray.shutdown()
+    ray.init(**ray_init_kwargs(None))
+    cfg = load_config("stun", StunConfig, overrides=TOY)
+    run = lambda: stun.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
+    try:
+        yield root, cfg, run(), run
+    finally:
+        ray.shutdown()
+        os.environ.pop("PAPERLINE_NO_DVC", None)
+        if old is None:
+            os.environ.pop("PAPERLINE_DATA", None)
+        else:
+            os.environ["PAPERLINE_DATA"] = old
+
+
+def test_the_flow_writes_every_variant_with_measured_sparsity(toy_run):
+    root, cfg, result, _ = toy_run
+    metrics = json.loads((root / "stun" / "report" / "metrics.json").read_text())
+    assert metrics["dense"]["ppl"] > 1
+    s50 = metrics["sweep"]["s50"]
+    assert set(s50) == {"stun+wanda", "stun+owl", "wanda", "owl", "naee", "frequency", "stun_experts"}
+    for method in ("stun+wanda", "stun+owl", "wanda", "owl"):
+        assert s50[method]["sparsity"] == pytest.approx(0.5, abs=0.02), method
+    for method in ("naee", "frequency", "stun_experts"):  # 2 of 4 experts per layer
+        assert s50[method]["sparsity"] == pytest.approx(0.5, abs=1e-6), method
+    for f in ("sweep.csv", "pruning_curves.png", "table.md", "curves/stun+owl.csv"):
+        assert (root / "stun" / "report" / f).is_file(), f
+    assert "stun+owl" in result["table"]
+
+
+def test_profiling_sharded_over_two_actors_counts_its_forward_passes(toy_run):
+    root, cfg, _, _ = toy_run
+    prof = json.loads((root / "stun" / "profile" / "profile.json").read_text())
+    assert prof["workers"] == 2
+    assert prof["forward_passes"] == 2  # 8 sequences, 2 shards of 4, batch 8: one pass each
+    assert prof["tokens"] == cfg.calib_samples * cfg.calib_seq_len
+
+
+def test_the_exported_checkpoint_loads_in_stock_transformers_and_reproduces_its_perplexity(toy_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.stun.corpus import load_corpus
+    from tasks.stun.evaluate import evaluate_model
+
+    root, cfg, _, _ = toy_run
+    model = AutoModelForCausalLM.from_pretrained(root / "stun" / "pruned").eval()
+    tok = AutoTokenizer.from_pretrained(root / "stun" / "pruned")
+    assert model.config.num_local_experts == 3  # uniform budget: 3 of 4 experts kept in every layer
+    res = evaluate_model(model, tok, load_corpus(root / "stun" / "corpus"), seq_len=cfg.zoo.seq_len,
+                         max_ppl_tokens=cfg.eval_ppl_tokens, n_problems=cfg.eval_problems)
+    reported = json.loads((root / "stun" / "eval" / "stun-owl-s50" / "eval.json").read_text())
+    assert res["ppl"] == pytest.approx(reported["ppl"], rel=1e-4)
+    assert torch.isfinite(torch.tensor(res["ppl"]))
+
+
+def test_a_rerun_reuses_every_finished_step(toy_run):
+    import time
+
+    root, _, _, run = toy_run
+    markers = {p: p.stat().st_mtime_ns for p in (root / "stun").rglob(".step.json")}
+    assert len(markers) >= 10
+    t0 = time.perf_counter()
+    run()
+    assert {p: p.stat().st_mtime_ns for p in (root / "stun").rglob(".step.json")} == markers
+    assert time.perf_counter() - t0 < 120
