@@ -26,16 +26,14 @@ class RouterProfiler:
 
     def profile_shard(self, ids: torch.Tensor, batch_size: int, pair_k: int, out_path: str) -> str:
         """Profile ``ids`` [N, T] in batches and write the shard's profile atomically."""
-        from tasks.common.artifacts import atomic_path
-        from tasks.stun.profiling import profile_router
+        from tasks.stun.profiling import META_FILE, profile_router
 
         out = Path(out_path)
-        if out.is_file():
+        if (out / META_FILE).is_file():  # finished before a crash: never redo a shard
             return out_path
         batches = [ids[i : i + batch_size].to(self.device) for i in range(0, len(ids), batch_size)]
         prof = profile_router(self.model, batches, pair_k=pair_k)
-        with atomic_path(out) as tmp:
-            prof.save(tmp)
+        prof.save(out)  # atomic: a folder renamed into place
         return out_path
 
     def device_name(self) -> str:

@@ -147,7 +147,7 @@ def coactivation_counts(
     flat = torch.cat([a * n_exp + b, b * n_exp + a])  # both orientations → symmetric
     coact = torch.bincount(flat, minlength=n_exp * n_exp).reshape(n_exp, n_exp).to(torch.float64)
     freq = torch.bincount(top.reshape(-1), minlength=n_exp).to(torch.float64)
-    return coact.cpu(), freq.cpu()
+    return coact, freq  # on the logits' device
 
 
 def _unpack_batch(batch: torch.Tensor | Mapping[str, torch.Tensor], device: torch.device) -> tuple[dict, torch.Tensor | None]:
@@ -184,13 +184,18 @@ def profile_router(
     prof = RouterProfile.empty([int(ad.router_weight(b).shape[0]) for b in blocks], pair_k=pair_k)
     device = next(model.parameters()).device
     current_valid: list[torch.Tensor | None] = [None]
+    # accumulate on the router's device (no host sync per layer and batch); copied out at the end
+    acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make_hook(layer: int):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             logits = output[0] if isinstance(output, (tuple, list)) else output  # [B·T, E]
             c, f = coactivation_counts(logits, pair_k, current_valid[0])
-            prof.coactivation[layer] += c
-            prof.frequency[layer] += f
+            if layer in acc:
+                acc[layer][0].add_(c)
+                acc[layer][1].add_(f)
+            else:
+                acc[layer] = (c, f)
 
         return hook
 
@@ -209,4 +214,7 @@ def profile_router(
         for h in handles:
             h.remove()
         model.train(was_training)
+    for layer, (c, f) in acc.items():
+        prof.coactivation[layer] += c.cpu()
+        prof.frequency[layer] += f.cpu()
     return prof

@@ -140,7 +140,7 @@ def profile_experts(cfg: StunConfig, model_dir: Path, calib_dir: Path, num_gpus:
             actors = [RouterProfiler.options(num_cpus=1, num_gpus=gpu_each).remote(str(model_dir), device, 1)
                       for _ in chunks]
             t0 = time.perf_counter()
-            refs = [a.profile_shard.remote(c, 8, 2, str(shards_dir / f"shard-{i:03d}.safetensors"))
+            refs = [a.profile_shard.remote(c, 8, 2, str(shards_dir / f"shard-{i:03d}"))
                     for i, (a, c) in enumerate(zip(actors, chunks))]
             paths = ray.get(refs)
             for a in actors:
@@ -148,7 +148,7 @@ def profile_experts(cfg: StunConfig, model_dir: Path, calib_dir: Path, num_gpus:
             total = RouterProfile.load(paths[0])
             for p in paths[1:]:
                 total = total.merge(RouterProfile.load(p))
-            total.save(tmp / "profile.safetensors")
+            total.save(tmp / "profile")
             write_json(tmp / "profile.json", {"workers": len(chunks), "forward_passes": total.forward_passes,
                                               "tokens": total.tokens, "seconds": time.perf_counter() - t0})
     return out
@@ -194,11 +194,13 @@ def _plan_and_apply(cfg: StunConfig, method: str, budget: str, keep: int, model:
         raise ValueError(f"keep_experts={keep} is larger than the model's {n} experts per layer")
     if keep < ad.top_k(model.config):
         raise ValueError(f"keep_experts={keep} is below the model's top-k={ad.top_k(model.config)}")
-    profile = RouterProfile.load(Path(profile_dir) / "profile.safetensors")
+    profile = RouterProfile.load(Path(profile_dir) / "profile")
     if method == "stun":
+        n_layers = len(ad.moe_blocks(model))
+        budget_kw = {"keep_per_layer": keep} if budget == "uniform" else {"expert_budget": keep * n_layers}
         plan = expert_pruning.plan_expert_pruning(
-            model, profile, keep_per_layer=keep, budget=budget, lambda1=cfg.lambda1, lambda2=cfg.lambda2,
-            reconstruction=cfg.reconstruction, kappa=cfg.kappa,
+            model, **budget_kw, profile=profile, lambda1=cfg.lambda1, lambda2=cfg.lambda2,
+            reconstruction=cfg.reconstruction, kappa=cfg.kappa, merge_max_clusters=cfg.kappa,
         )
         expert_pruning.apply_plan(model, plan)
         return {"plan": expert_pruning.plan_to_json(plan), "forward_passes": profile.forward_passes}
@@ -210,7 +212,8 @@ def _plan_and_apply(cfg: StunConfig, method: str, budget: str, keep: int, model:
         ids = load_calibration(calib_dir)
         batches = [ids[i : i + 8] for i in range(0, len(ids), 8)]
         result = baselines.naee_prune(model, batches, keep, cfg.naee_max_combinations)
-        return {"naee": result}
+        return {"plan": expert_pruning.plan_to_json(result.plan), "losses": result.losses,
+                "block_evaluations": result.evaluations, "forward_passes": result.forward_passes}
     raise ValueError(f"unknown expert pruning method {method!r}")
 
 
