@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", default="wanda", choices=["wanda", "owl", "magnitude"])
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--shard-mb", type=int, default=64, help="max shard size of the source checkpoint")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in the pruning process")
+    # 1: on a shared 2-core box torch's intra-op threads contend (CPU index_add_ ran 1000× slower
+    # with 2 threads under load); memory does not depend on it.
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the pruning process")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stun_memory.json")
     p.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bound_note": "bound = max decoder-layer bytes + N·T·H·4 activation bytes + embedding bytes "
                       "(embedding read once, freed before layer 0 is loaded)",
     }
-    rows = [("model bytes", f"{sizes['model'] / MiB:9.1f} MiB ({sizes['shards']} shards, {a.layers} layers × {a.experts} experts)"),
+    shape = f"{sizes['shards']} shards, {a.layers} layers × {a.experts} experts"
+    rows = [("model bytes", f"{sizes['model'] / MiB:9.1f} MiB ({shape})"),
             ("layer bytes", f"{sizes['layer'] / MiB:9.1f} MiB"),
             ("activation bytes", f"{act_bytes / MiB:9.1f} MiB  (N={a.calib_n}, T={a.calib_t}, H={a.hidden}, fp32)"),
             ("embedding bytes", f"{sizes['embed'] / MiB:9.1f} MiB"),

@@ -28,6 +28,12 @@ from tasks.stun.unstructured import (
 VOCAB = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: intra-op threads only add contention (conftest restores the count)."""
+    torch.set_num_threads(1)
+
+
 # ------------------------------------------------------------------------------------ tiny models
 
 
@@ -388,3 +394,22 @@ def test_nm_streaming_gives_two_of_four(mixtral_ckpt, calib_ids, tmp_path):
     assert ((gu.reshape(-1, 4) == 0).sum(-1) == 2).all()
     with pytest.raises(ValueError, match="nm"):
         prune_checkpoint_streaming(mixtral_ckpt, tmp_path / "o2", calib_ids, method="owl", sparsity=0.5, nm=(2, 4))
+
+
+def test_bf16_checkpoint_is_pruned_in_its_own_dtype_through_the_mirror_path(calib_ids, tmp_path):
+    """Storage dtype ≠ compute dtype (bf16 on disk, fp32 compute on CPU — the GPU case reversed):
+    masks are computed on the compute copy's statistics and written into the bf16 tensors."""
+    from safetensors import safe_open
+
+    model = make_model(mixtral_config(2)).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "src")
+    rep = prune_checkpoint_streaming(tmp_path / "src", tmp_path / "out", calib_ids, method="wanda", sparsity=0.5)
+    assert abs(rep["sparsity_reached"] - 0.5) < 0.005
+    assert measure_sparsity(tmp_path / "out")["sparsity"] == pytest.approx(rep["sparsity_reached"])
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    for key, fname in index["weight_map"].items():
+        with safe_open(tmp_path / "out" / fname, "pt") as f:
+            assert f.get_slice(key).get_dtype() == "BF16", key
+    with safe_open(tmp_path / "out" / index["weight_map"]["model.layers.1.self_attn.q_proj.weight"], "pt") as f:
+        q = f.get_tensor("model.layers.1.self_attn.q_proj.weight")
+    assert torch.equal(q, model.model.layers[1].self_attn.q_proj.weight)

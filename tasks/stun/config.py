@@ -60,7 +60,9 @@ class StunConfig(FlowConfig):
     """Baselines evaluated in the same run at the same sparsities."""
 
     nm: str | None = None
-    """Optional N:M semi-structured pattern for the unstructured stage, e.g. '2:4'."""
+    """Optional N:M semi-structured pattern for the unstructured stage, e.g. '2:4': it fixes the
+    unstructured rate at N/M (the sweep's total sparsity is then only the curves' label) and
+    rules out OWL."""
 
     owl_M: float = Field(5.0, gt=0.0)
     """OWL outlier threshold M (a score is an outlier above M × layer mean)."""
@@ -126,6 +128,11 @@ class StunConfig(FlowConfig):
     def _lambdas(self) -> "StunConfig":
         if self.lambda1 == 0 and self.lambda2 == 0:
             raise ValueError("lambda1 and lambda2 are both 0: the expert similarity would be empty")
+        if self.nm is not None and self.export_method == "owl":
+            raise ValueError(
+                "nm: an N:M pattern fixes every layer's sparsity at N/M, so OWL's per-layer ratios cannot "
+                "apply; set export_method=wanda (OWL curves are skipped under nm)"
+            )
         if self.export_sparsity < self.expert_fraction and self.keep_experts is None:
             raise ValueError(
                 f"export_sparsity={self.export_sparsity} is below expert_fraction={self.expert_fraction}: "

@@ -248,14 +248,14 @@ class _LayerLoader:
         del state
         return layer.eval(), mem, shared
 
-    def nbytes(self, i: int) -> int:
-        return sum(math.prod(s) * torch.empty((), dtype=d).element_size()
-                   for d, s in _disk_specs(self.reader, _layer_keys(self.reader, i)).values())
-
 
 def _free() -> None:
-    """Collect the freed layer and hand the memory back (CUDA cache; glibc heap via malloc_trim)."""
-    gc.collect()
+    """Collect the freed layer and hand the memory back (CUDA cache; glibc heap via malloc_trim).
+
+    A deleted layer is already freed by reference counting (it holds no cycles); the young-
+    generation collection is a cheap safety net — a full ``gc.collect()`` costs ~0.1 s a call.
+    """
+    gc.collect(1)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if _LIBC is not None:
@@ -298,7 +298,7 @@ class _Calibration:
         _check_ids(ids, int(loader.config.vocab_size), batch_size)
         self.loader, self.batch_size = loader, batch_size
         cfg, dev = loader.config, loader.device
-        self.ids = ids.long()
+        self.ids = ids.long().cpu()  # the embedding lookup happens where the matrix is read: CPU
         self.acts = self.embed(embedding)  # [N, T, H]
         N, T = ids.shape
         self.position_ids = torch.arange(T, device=dev)[None]  # [1, T]
@@ -384,13 +384,14 @@ def _owl_lods(loader: _LayerLoader, calib: _Calibration, M: float,
     """OWL pass 1: every layer's outlier ratio from Wanda scores, with dense propagation."""
     lods, sizes = [], []
     for i in range(loader.n_layers):
-        layer, mem, _ = loader.load(i)
+        layer, mem, shared = loader.load(i)
         block = layer.mlp
         if hasattr(block, "experts"):
             stats = ExpertInputStats.for_block(block, device=loader.device)
             with stats.hooked(block):
                 calib.run(layer, i, write_back=True)  # dense outputs feed layer i+1
-            lods.append(block_outlier_ratio(block, stats, M))
+            mirrors = None if shared else {n: mem["mlp." + n] for n in prunable_tensors(block)}
+            lods.append(block_outlier_ratio(block, stats, M, mirrors=mirrors))
             sizes.append(sum(t.numel() for t in prunable_tensors(block).values()))
             del stats
         else:  # a dense MLP layer (Qwen2-MoE ``mlp_only_layers``): nothing prunable
@@ -427,8 +428,8 @@ def prune_checkpoint_streaming(
     weights to zero (the mean over layers for OWL); ``nm=(n, m)`` for N:M instead of per-row
     (then ``sparsity`` must be n/m). On a GPU the layer runs in bf16, statistics in float32; the
     written weights keep the checkpoint's dtype. ``dst`` appears atomically (written into a temp
-    folder beside it, then renamed). Returns a report (see README of this module's docstring):
-    per-layer asked/reached sparsity counted from what was written, layer evaluations, peak
+    folder beside it, then renamed). Returns a report: per-layer asked/reached sparsity counted
+    from the bytes written (over the prunable set), OWL's LODs, layer evaluations, peak
     activation bytes, wall time.
 
     The last layer's pruned outputs feed nothing, so it is not re-run: Wanda costs 2L − 1 layer
@@ -464,6 +465,7 @@ def prune_checkpoint_streaming(
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would survive the rename
     try:
         n_files = L + 1
         fname = lambda k: f"model-{k:05d}-of-{n_files:05d}.safetensors"  # noqa: E731
@@ -495,6 +497,7 @@ def prune_checkpoint_streaming(
             lods, sizes = _owl_lods(loader, calib, owl_M, tick)
             evaluations += L
             asked = owl_from_lod(lods, sparsity, lam=owl_lambda, sizes=sizes)
+            calib.acts = torch.empty(0)  # drop layer-L outputs before re-embedding
             calib.acts = calib.embed()  # fresh layer-0 inputs for the pruning pass (2nd read)
 
         # pruning pass
@@ -520,8 +523,8 @@ def prune_checkpoint_streaming(
             disk = ad.memory_to_disk(mem)  # views into ``mem``
             prunable = [k for k in disk if is_prunable_disk_key(ad, k)]
             z, n = _zeros_of(disk, prunable)
-            total_size += _write_safetensors(tmp / fname(i + 2), {prefix + k: (v.dtype, tuple(v.shape)) for k, v in disk.items()},
-                                             lambda k: disk[k[len(prefix):]])
+            specs = {prefix + k: (v.dtype, tuple(v.shape)) for k, v in disk.items()}
+            total_size += _write_safetensors(tmp / fname(i + 2), specs, lambda k: disk[k[len(prefix):]])
             weight_map.update({prefix + k: fname(i + 2) for k in disk})
             layers_report.append({"layer": i, "experts": loader.experts[i], "asked": asked[i],
                                   "reached": z / n if n else 0.0, "zeros": z, "total": n,

@@ -43,13 +43,18 @@ def sweep_variants(cfg: StunConfig, n_experts: int, top_k: int) -> list[Variant]
     for s in levels:
         tag = f"s{round(s * 100):02d}"
         u = unstructured_rate(s, x)
+        if cfg.nm_tuple:  # an N:M pattern fixes the unstructured rate at N/M; OWL's per-layer rates cannot apply
+            u = cfg.nm_tuple[0] / cfg.nm_tuple[1]
         for m in cfg.unstructured:
+            if cfg.nm_tuple and m == "owl":
+                continue
             out.append(Variant(f"stun-{m}-{tag}", f"stun+{m}", s, "stun", keep, m, u))
         if s not in cfg.sparsities:
             continue  # the export level only needs STUN itself
         for m in ("wanda", "owl"):
-            if m in cfg.baselines:
-                out.append(Variant(f"{m}-{tag}", m, s, None, None, m, s))
+            if m in cfg.baselines and not (cfg.nm_tuple and m == "owl"):
+                rate = cfg.nm_tuple[0] / cfg.nm_tuple[1] if cfg.nm_tuple else s
+                out.append(Variant(f"{m}-{tag}", m, s, None, None, m, rate))
         k_s = min(n_experts, max(top_k, round(n_experts * (1.0 - s))))
         for m, label in (("naee", "naee"), ("frequency", "frequency"), ("stun", "stun_experts")):
             if label in cfg.baselines:

@@ -61,7 +61,8 @@ def count_zeros(t: Tensor) -> int:
 def wanda_scores(W: Tensor, act_sq_norm: Tensor) -> Tensor:
     """Wanda: s_ij = |W_ij| · ‖X_j‖₂.  W [out, in], act_sq_norm = ‖X_j‖² [in] → [out, in] float32."""
     if act_sq_norm.shape != W.shape[-1:]:
-        raise ValueError(f"act_sq_norm has shape {tuple(act_sq_norm.shape)}, expected [{W.shape[-1]}] (W is {tuple(W.shape)})")
+        raise ValueError(f"act_sq_norm has shape {tuple(act_sq_norm.shape)}, "
+                         f"expected [{W.shape[-1]}] (W is {tuple(W.shape)})")
     return W.float().abs() * act_sq_norm.float().clamp_min(0).sqrt().unsqueeze(0)
 
 
@@ -350,19 +351,25 @@ def iter_prunable(block: nn.Module) -> Iterator[tuple[str, int | None, Tensor]]:
 
 
 @torch.no_grad()
-def block_outlier_ratio(block: nn.Module, stats: ExpertInputStats, M: float = 5.0) -> float:
+def block_outlier_ratio(block: nn.Module, stats: ExpertInputStats, M: float = 5.0, *,
+                        mirrors: dict[str, Tensor] | None = None) -> float:
     """OWL's LOD over a block's prunable Wanda scores, one expert at a time.
 
     Experts that received no token are left out: their Wanda scores are all 0 and carry no
-    evidence about outliers (they would only pull the mean down) [inference].
+    evidence about outliers (they would only pull the mean down) [inference]. ``mirrors`` as in
+    :func:`prune_block_experts` (scores from the original-precision weights).
     """
     counter = OutlierCounter(M)
+    mirrors = mirrors or {}
     for add in (counter.add_mean, counter.add_count):
         for name, e, W in iter_prunable(block):
             if e is not None and int(stats.tokens[e]) == 0:
                 continue
             if e is None and stats.shared_tokens == 0:
                 continue
+            src = mirrors.get(name)
+            if src is not None:
+                W = src[e] if e is not None else src
             add(stats.expert_scores(name, e, W, "wanda"))
     return counter.lod
 
@@ -433,7 +440,8 @@ class PruningMethod:
 PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
 for _m in (
     PruningMethod("wanda", "wanda", True, False, "|W|·‖X‖ per output row, uniform sparsity (Sun et al. 2023)"),
-    PruningMethod("owl", "wanda", True, True, "Wanda with outlier-weighted layer sparsities, M=5, λ=0.08 (Yin et al. 2024)"),
+    PruningMethod("owl", "wanda", True, True,
+                  "Wanda with outlier-weighted layer sparsities, M=5, λ=0.08 (Yin et al. 2024)"),
     PruningMethod("magnitude", "magnitude", False, False, "|W| per output row, uniform sparsity; no calibration"),
 ):
     PRUNING_METHODS.register(_m.name)(_m)
