@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        console.print(f"[red]{e}[/]", highlight=False)
+        console.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
         return 2
     except KeyError as e:
-        console.print(f"[red]{e.args[0]}[/]", highlight=False)
+        console.print(f"[red]{e.args[0]}[/]", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -229,7 +229,7 @@ def test_perplexity_is_exp_mean_nll_over_non_overlapping_windows(small_tokenizer
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
         build_moe_config(ZooConfig(layers=1, experts=2, top_k=1, hidden=16, intermediate=16, heads=2,
-                                   kv_heads=1, seq_len=8), len(tok), tok)
+                                   kv_heads=1, seq_len=16), len(tok), tok)
     ).eval()
     texts = ["Now is the winter of our discontent", "Made glorious summer by this sun of York."]
     stream = token_stream(tok, texts)

@@ -6,6 +6,7 @@ flow's pydantic parameter as a form, using the attribute docstrings as descripti
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -50,6 +51,8 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, int) and ":" in raw:  # YAML 1.1 reads '2:4' as base-60 124
+            value = raw.strip()
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -76,10 +79,16 @@ def validate(cls: type[C], values: dict[str, Any], *, flow: str = "") -> C:
 def format_validation_error(e: ValidationError, prefix: str) -> str:
     lines = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "<config>"
-        got = err.get("input")
-        got_s = "" if err["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{prefix}.{loc}: {err['msg']}{got_s}")
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got_s = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        if not loc:
+            # A cross-field check: its message starts with the field it is about ("nm: ...").
+            m = re.match(r"^(\w+)[:=]", msg)
+            loc = m.group(1) if m else "<config>"
+            got_s = ""
+            msg = msg.split(": ", 1)[1] if m and msg.startswith(f"{loc}: ") else msg
+        lines.append(f"{prefix}.{loc}: {msg}{got_s}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -127,7 +127,7 @@ class StunConfig(FlowConfig):
     @model_validator(mode="after")
     def _lambdas(self) -> "StunConfig":
         if self.lambda1 == 0 and self.lambda2 == 0:
-            raise ValueError("lambda1 and lambda2 are both 0: the expert similarity would be empty")
+            raise ValueError("lambda1: lambda1 and lambda2 are both 0, so the expert similarity would be empty")
         if self.nm is not None and self.export_method == "owl":
             raise ValueError(
                 "nm: an N:M pattern fixes every layer's sparsity at N/M, so OWL's per-layer ratios cannot "
@@ -135,10 +135,46 @@ class StunConfig(FlowConfig):
             )
         if self.export_sparsity < self.expert_fraction and self.keep_experts is None:
             raise ValueError(
-                f"export_sparsity={self.export_sparsity} is below expert_fraction={self.expert_fraction}: "
+                f"export_sparsity: {self.export_sparsity} is below expert_fraction={self.expert_fraction}: "
                 "STUN cannot remove fewer weights than its expert stage already does"
             )
         return self
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_a_moe_checkpoint(cls, v: str) -> str:
+        if v == "zoo":
+            return v
+        from .adapters import MoEModelError, read_config
+
+        try:
+            read_config(v)
+        except (FileNotFoundError, MoEModelError) as e:
+            raise ValueError(str(e).removeprefix("model: ")) from None
+        return v
+
+    @model_validator(mode="after")
+    def _budget_fits_the_model(self) -> "StunConfig":
+        n, k = self.experts_and_top_k()
+        keep = self.keep_experts if self.keep_experts is not None else round(n * (1.0 - self.expert_fraction))
+        if self.keep_experts is not None and self.keep_experts > n:
+            raise ValueError(f"keep_experts={self.keep_experts} is larger than the model's {n} experts per layer")
+        if keep < k:
+            raise ValueError(
+                f"expert_fraction: {self.expert_fraction} (keep_experts={self.keep_experts}) leaves {keep} experts "
+                f"per layer, fewer than the model's top-k={k}"
+            )
+        return self
+
+    def experts_and_top_k(self) -> tuple[int, int]:
+        """(experts per layer, top-k) of the model this config prunes."""
+        if self.model == "zoo":
+            return self.zoo.experts, self.zoo.top_k
+        from .adapters import adapter_for, read_config
+
+        config = read_config(self.model)
+        ad = adapter_for(config)
+        return ad.num_experts(config), ad.top_k(config)
 
     @property
     def nm_tuple(self) -> tuple[int, int] | None:
