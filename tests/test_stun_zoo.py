@@ -81,8 +81,8 @@ def test_parse_answer_reads_the_number_after_the_marker():
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("corpus")
-    counts = build_corpus(d, seed=0, heldout_works=2, n_train_problems=3000, n_heldout_problems=300)
-    assert counts["train_problems"] == 3000 and counts["heldout_problems"] == 300
+    counts = build_corpus(d, seed=0, heldout_works=2, n_train_problems=3000, n_heldout_problems=200)
+    assert counts["train_problems"] == 3000 and counts["heldout_problems"] == 200
     assert counts["heldout_works"] == 2
     return d
 
@@ -100,14 +100,14 @@ def test_corpus_holds_out_whole_works_and_unseen_problems(corpus_dir: Path):
         assert not any(probe in t for t in c.train_text)
     train_keys = {p.key for p in c.train_problems}
     heldout_keys = [p.key for p in c.heldout_problems]
-    assert len(set(heldout_keys)) == len(heldout_keys) == 300
+    assert len(set(heldout_keys)) == len(heldout_keys) == 200
     assert not train_keys & set(heldout_keys)
     assert not {p.question for p in c.train_problems} & {p.question for p in c.heldout_problems}
     assert all(isinstance(p, ArithmeticProblem) for p in c.train_problems[:10])
 
 
 def test_corpus_is_deterministic(corpus_dir: Path, tmp_path: Path):
-    build_corpus(tmp_path, seed=0, heldout_works=2, n_train_problems=3000, n_heldout_problems=300)
+    build_corpus(tmp_path, seed=0, heldout_works=2, n_train_problems=3000, n_heldout_problems=200)
     for name in ("train_problems.jsonl", "heldout_problems.jsonl", "heldout_text.jsonl"):
         assert (tmp_path / name).read_bytes() == (corpus_dir / name).read_bytes(), name
 

@@ -54,22 +54,24 @@ def load_checkpoint(
     config = read_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
     counts = getattr(config, EXPERTS_PER_LAYER, None)
+    # On CPU the per-expert loop beats grouped_mm, which copies every expert's weights per call.
+    impl = {"experts_implementation": "eager"} if torch.device(device).type == "cpu" else {}
     if counts is None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False, **impl)
     else:
-        model = load_variable_width(path, config)
+        model = load_variable_width(path, config, **impl)
         if dtype is not None:
             model = model.to(dtype)
     return model.to(device).eval(), tokenizer
 
 
-def load_variable_width(path: Path, config: Any) -> nn.Module:
+def load_variable_width(path: Path, config: Any, **model_kwargs: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     ad = adapter_for(config)
     counts = list(getattr(config, EXPERTS_PER_LAYER))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, **model_kwargs)
     for block, n in zip(ad.moe_blocks(model), counts):
         ad.keep_experts(block, list(range(n)))
     reader = ShardReader(path)
