@@ -35,6 +35,9 @@ def ray_init_kwargs(address: str | None) -> dict[str, Any]:
     }
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray renices its workers to 15 by default; on a shared workstation that starves the
+        # very steps the user is waiting for.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kwargs.update(
             num_cpus=int(os.environ.get("PAPERLINE_RAY_CPUS", os.cpu_count() or 1)),
             include_dashboard=False,
