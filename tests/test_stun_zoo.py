@@ -30,6 +30,18 @@ from tasks.stun.tokenizer import EOT, train_bpe
 from tasks.stun.zoo import ZooConfig, build_moe_config, count_params, load_model, train_zoo
 
 STEP = re.compile(r"(\d+)([+\-*])(\d+)=(\d+)\.")
+# Evaluation sizes for the tiny models: enough to exercise every code path, cheap to generate.
+EVAL = dict(eval_ppl_tokens=2048, eval_problems=24)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from two threads, and on a busy machine thread barriers made
+    generation ~10x slower; the setting is restored for whatever runs next."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _eval_step(a: str, op: str, b: str) -> int:
@@ -284,7 +296,7 @@ def tiny_model(tiny_corpus: Path, tmp_path_factory):
         steps.append(step)
         losses.append(info["loss"])
 
-    metrics = train_zoo(ZooConfig(steps=40, **TINY), tiny_corpus, out, progress, device="cpu")
+    metrics = train_zoo(ZooConfig(steps=40, **TINY), tiny_corpus, out, progress, device="cpu", **EVAL)
     return out, metrics, steps, losses
 
 
@@ -317,7 +329,7 @@ def test_saved_model_reloads_with_identical_logits(tiny_model, tiny_corpus: Path
     assert torch.equal(a, c)
     # The metrics train_zoo reported are those of the saved checkpoint.
     _, metrics, *_ = tiny_model
-    res = evaluate_model(model, tok, load_corpus(tiny_corpus), seq_len=64)
+    res = evaluate_model(model, tok, load_corpus(tiny_corpus), seq_len=64, max_ppl_tokens=2048, n_problems=24)
     assert res["ppl"] == pytest.approx(metrics["dense_ppl"], rel=1e-4)
     assert res["exact_match"] == metrics["dense_exact_match"]
 
@@ -368,7 +380,7 @@ def test_exact_match_scores_the_first_answer_line(small_tokenizer):
 
 def test_qwen2_moe_is_trainable_by_config(tiny_corpus: Path, tmp_path: Path):
     cfg = ZooConfig(arch="qwen2_moe", steps=4, **TINY)
-    metrics = train_zoo(cfg, tiny_corpus, tmp_path, device="cpu")
+    metrics = train_zoo(cfg, tiny_corpus, tmp_path, device="cpu", **EVAL)
     model, _ = load_model(tmp_path)
     assert type(model).__name__ == "Qwen2MoeForCausalLM"
     assert model.config.shared_expert_intermediate_size == 32
