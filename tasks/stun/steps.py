@@ -6,7 +6,6 @@ crashed run redoes only what is missing. The maths lives in the modules beside t
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -313,7 +312,3 @@ def export_checkpoint(cfg: StunConfig, src_model_dir: Path) -> Path:
                 shutil.copy2(f, tmp / f.name)
         write_json(tmp / ".source.json", {"key": key, "source": str(src_model_dir)})
     return out
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
