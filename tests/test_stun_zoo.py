@@ -27,7 +27,8 @@ from tasks.stun.corpus import (
 )
 from tasks.stun.evaluate import evaluate_model, exact_match, perplexity, token_stream
 from tasks.stun.tokenizer import EOT, train_bpe
-from tasks.stun.zoo import ZooConfig, build_moe_config, count_params, load_model, train_zoo
+from tasks.stun.checkpoint import load_checkpoint as load_model
+from tasks.stun.zoo import ZooConfig, build_moe_config, count_params, train_zoo
 
 STEP = re.compile(r"(\d+)([+\-*])(\d+)=(\d+)\.")
 # Evaluation sizes for the tiny models: enough to exercise every code path, cheap to generate.

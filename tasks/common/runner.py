@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from .artifacts import PROJECT_ROOT, data_root
+from .artifacts import data_root
 
 #: environment every Ray worker must share with the flow process
 _FORWARDED_ENV = ("PREFECT_API_URL", "PAPERLINE_DATA", "PREFECT_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -72,4 +72,4 @@ def step_options(*, num_cpus: float = 1, num_gpus: float = 0) -> Iterator[None]:
         yield
 
 
-__all__ = ["make_task_runner", "step_options", "cluster_resources", "worker_env", "PROJECT_ROOT"]
+__all__ = ["make_task_runner", "step_options", "cluster_resources", "worker_env"]

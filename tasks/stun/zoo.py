@@ -19,10 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     MixtralConfig,
     PretrainedConfig,
-    PreTrainedModel,
     Qwen2MoeConfig,
 )
 
@@ -338,38 +336,3 @@ def train_zoo(
         "vocab_size": vocab_size,
         **count_params(model),
     }
-
-
-# ---------------------------------------------------------------------------- loading
-
-
-def load_model(
-    path: Path | str,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> tuple[PreTrainedModel, Any]:
-    """(model in eval mode, tokenizer) from a Hugging Face causal-LM folder, offline.
-
-    Works for the zoo's checkpoints and for any other local checkpoint folder; remote code is
-    never run, so a folder cannot execute anything by being loaded.
-    """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no model checkpoint at {path} (config.json missing)")
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if dev.type == "cpu":
-        kwargs["experts_implementation"] = "eager"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (TypeError, ValueError):
-        # Architectures without switchable expert kernels reject the keyword.
-        kwargs.pop("experts_implementation", None)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(dev).eval()
-    return model, tokenizer
