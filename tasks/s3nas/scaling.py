@@ -1,0 +1,153 @@
+"""Step 3 of S3NAS (METHODS.md §8.3): compound scaling to the latency target, SE + h-swish,
+selective SE removal; and the hand-designed baseline it is compared with.
+
+Compound scaling multiplies depth (blocks per stage = round(n·d), extra blocks copying the
+stage's blocks with the most parameters), width (channels × w, to multiples of 8) and input
+resolution (× r, to multiples of 4). Every (d, w, r) of the grid is finished (SE + h-swish)
+and its latency *estimated*; the largest candidates (by MACs) whose estimate lands within
+[90 %, 100 %] of the target are *simulated* in turn, and the first one the simulator confirms
+within the target is kept. Nothing the simulator puts over the target is ever returned.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from .space import Arch, Block, Branch, network_macs, round_to
+
+
+class ScalingError(RuntimeError):
+    pass
+
+
+def stages_of(arch: Arch) -> list[list[Block]]:
+    """Blocks grouped by stage: a stage starts where the output width changes or stride is 2."""
+    stages: list[list[Block]] = []
+    prev_out = None
+    for b in arch.blocks:
+        if prev_out is None or b.c_out != prev_out or b.stride != 1:
+            stages.append([])
+        stages[-1].append(b)
+        prev_out = b.c_out
+    return stages
+
+
+def block_params(b: Block) -> int:
+    hidden = b.hidden()
+    dw = sum(b.c_in * x.expansion * x.kernel ** 2 for x in b.branches)
+    return b.c_in * hidden + dw + hidden * b.c_out
+
+
+def scale_arch(arch: Arch, depth: float, width: float, resolution: float) -> Arch:
+    blocks: list[Block] = []
+    c_prev = round_to(arch.stem_channels * width, 8)
+    for stage in stages_of(arch):
+        active = [b for b in stage if not b.is_skip]
+        if not active:
+            continue
+        n_new = max(1, int(round(len(active) * depth)))
+        order = sorted(range(len(active)), key=lambda i: -block_params(active[i]))
+        copies = [0] * len(active)
+        for j in range(max(0, n_new - len(active))):
+            copies[order[j % len(order)]] += 1
+        c_out = round_to(stage[0].c_out * width, 8)
+        stride = stage[0].stride  # only a stride-1, same-width block can be a skip
+        for i, (b, extra) in enumerate(zip(active, copies)):
+            blocks.append(Block(c_prev, c_out, stride if i == 0 else 1, b.branches, b.se))
+            c_prev = c_out
+            for _ in range(extra):  # a copy is a residual block at the stage's width
+                blocks.append(Block(c_out, c_out, 1, b.branches, b.se))
+    return replace(arch, resolution=max(16, round_to(arch.resolution * resolution, 4)),
+                   stem_channels=round_to(arch.stem_channels * width, 8), blocks=blocks,
+                   head_channels=round_to(arch.head_channels * width, 8),
+                   meta={**arch.meta, "scale": {"depth": depth, "width": width, "resolution": resolution}})
+
+
+def finish(arch: Arch, se_ratio: float) -> Arch:
+    """'Add SE + h-swish' to every non-skip block."""
+    return replace(arch, blocks=[b if b.is_skip else replace(b, se=True) for b in arch.blocks],
+                   activation="hswish", se_ratio=se_ratio)
+
+
+def compound_scale(arch: Arch, target_us: float, estimate_us: Callable[[Arch], float],
+                   simulate_us: Callable[[list[Arch]], list[float]], *, depths: list[float], widths: list[float],
+                   resolutions: list[float], se_ratio: float, max_confirmations: int = 8,
+                   lower: float = 0.9) -> tuple[Arch, dict]:
+    """The largest finished scaling of ``arch`` with simulated latency ≤ target (≥ lower·target
+    when any candidate confirms so). ``simulate_us`` takes a batch (so it can fan out)."""
+    cands = []
+    for d, w, r in itertools.product(depths, widths, resolutions):
+        a = finish(scale_arch(arch, d, w, r), se_ratio)
+        cands.append({"d": d, "w": w, "r": r, "arch": a, "est_us": estimate_us(a), "macs": network_macs(a)})
+    # Estimator error is a few %: aim inside the window with a small margin on each side.
+    window = [c for c in cands if lower * 1.02 * target_us <= c["est_us"] <= 0.985 * target_us]
+    window.sort(key=lambda c: -c["macs"])
+    rest = sorted((c for c in cands if c["est_us"] <= target_us and c not in window), key=lambda c: -c["est_us"])
+    queue = (window + rest)[:max_confirmations]
+    if not queue:
+        smallest = min(cands, key=lambda c: c["est_us"])
+        raise ScalingError(f"no scaling of {arch.name or 'the net'} is estimated under {target_us:.1f} µs "
+                           f"(smallest: {smallest['est_us']:.1f} µs at d={smallest['d']}, w={smallest['w']}, r={smallest['r']})")
+    tried = []
+    # Confirm in small batches, in order, stopping at the first confirmed fit.
+    for i in range(0, len(queue), 2):
+        batch = queue[i:i + 2]
+        for c, sim in zip(batch, simulate_us([c["arch"] for c in batch])):
+            c["sim_us"] = sim
+            tried.append(c)
+        ok = [c for c in tried if lower * target_us <= c["sim_us"] <= target_us]
+        if ok:
+            best = max(ok, key=lambda c: c["macs"])
+            return best["arch"], _summary(best, tried, target_us, cands)
+    under = [c for c in tried if c["sim_us"] <= target_us]
+    if not under:
+        raise ScalingError(f"none of {len(tried)} simulated scalings of {arch.name or 'the net'} met {target_us:.1f} µs")
+    best = max(under, key=lambda c: c["sim_us"])
+    return best["arch"], _summary(best, tried, target_us, cands)
+
+
+def _summary(best: dict, tried: list[dict], target_us: float, cands: list[dict]) -> dict:
+    return {
+        "depth": best["d"], "width": best["w"], "resolution": best["r"], "estimated_us": best["est_us"],
+        "simulated_us": best["sim_us"], "target_us": target_us, "fraction_of_target": best["sim_us"] / target_us,
+        "macs": best["macs"], "candidates": len(cands),
+        "confirmations": [{k: c[k] for k in ("d", "w", "r", "est_us", "sim_us", "macs")} for c in tried],
+    }
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def hand_designed(resolution: int = 32, num_classes: int = 10) -> Arch:
+    """An EfficientNet-B0/MobileNetV2-style net shrunk for 32×32 inputs: MBConv blocks (one
+    depthwise kernel, expansion 6 after the first stage), k3/k5 as in B0, SE + h-swish."""
+    spec = [(1, 16, 1, 3, 1), (2, 24, 2, 3, 6), (2, 40, 2, 5, 6), (3, 64, 1, 3, 6)]
+    blocks, c = [], 16
+    for n, c_out, s, k, e in spec:
+        for i in range(n):
+            blocks.append(Block(c, c_out, s if i == 0 else 1, (Branch(k, e),), se=True))
+            c = c_out
+    return Arch(resolution, 16, blocks, 128, num_classes, activation="hswish", name="hand_designed")
+
+
+# ---------------------------------------------------------------------------- selective SE removal
+
+
+def excitation_scores(excitations: list[np.ndarray]) -> list[float]:
+    """Per SE block: mean over channels of the std over images of its excitation [N, C]."""
+    return [float(np.asarray(e).std(axis=0).mean()) for e in excitations]
+
+
+def remove_se(arch: Arch, scores: list[float], fraction: float) -> tuple[Arch, list[int]]:
+    """Drop SE from the ``fraction`` of SE blocks with the least input-dependent excitation.
+    ``scores`` follow the order of the SE blocks among the active blocks."""
+    active_idx = [i for i, b in enumerate(arch.blocks) if not b.is_skip and b.se]
+    k = int(round(fraction * len(active_idx)))
+    drop = sorted(np.argsort(scores)[:k].tolist())
+    blocks = list(arch.blocks)
+    for j in drop:
+        blocks[active_idx[j]] = replace(blocks[active_idx[j]], se=False)
+    return replace(arch, blocks=blocks, name=f"{arch.name}-rmSE"), drop
