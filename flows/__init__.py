@@ -27,6 +27,10 @@ FLOWS: dict[str, FlowSpec] = {
         "stun", "flows.stun", "stun", "tasks.stun.config:StunConfig",
         "STUN: expert-then-unstructured pruning of MoE LLMs vs Wanda/OWL/NAEE/frequency baselines",
     ),
+    "animeceleb": FlowSpec(
+        "animeceleb", "flows.animeceleb", "animeceleb", "tasks.animeceleb.config:AnimeCelebConfig",
+        "AnimeCeleb-style data: procedural anime heads + anny human heads rendered by Blender workers",
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""AnimeCeleb-style data: procedural anime heads and anny human heads, rendered in Blender."""

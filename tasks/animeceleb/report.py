@@ -1,0 +1,48 @@
+"""What a person looks at after a render: contact sheets, label statistics, throughput."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from .shards import read_image
+
+
+def contact_sheet(manifest: pd.DataFrame, shards_dir: Path | str, out: Path | str, *, n: int = 64, seed: int = 0,
+                  caption: bool = True) -> Path:
+    """A square grid of ``n`` random frames of ``manifest`` (already filtered to one domain/style)."""
+    rows = manifest.sample(n=min(n, len(manifest)), random_state=seed).reset_index(drop=True)
+    cols = int(np.ceil(np.sqrt(len(rows))))
+    grid_rows = int(np.ceil(len(rows) / cols))
+    res = int(rows["resolution"].iloc[0])
+    sheet = Image.new("RGB", (cols * res, grid_rows * res), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, r in rows.iterrows():
+        x, y = (i % cols) * res, (i // cols) * res
+        sheet.paste(Image.fromarray(read_image(shards_dir, r["shard"], r["member"])), (x, y))
+        if caption and res >= 96:
+            draw.text((x + 3, y + 2), f"{r['identity'][-3:]} y{r['yaw']:+.0f}", fill=(60, 60, 60))
+    out = Path(out)
+    sheet.save(out)
+    return out
+
+
+def label_stats(manifest: pd.DataFrame) -> dict:
+    """Counts per domain/style/split and the spread of the labels actually rendered."""
+    out: dict = {"frames": int(len(manifest)), "by_domain": {}}
+    for domain, g in manifest.groupby("domain"):
+        w = np.stack(g["weights"].to_numpy())
+        out["by_domain"][domain] = {
+            "frames": int(len(g)),
+            "identities": int(g["identity"].nunique()),
+            "styles": sorted(g["style"].unique().tolist()),
+            "train_identities": int(g.loc[g["split"] == "train", "identity"].nunique()),
+            "test_identities": int(g.loc[g["split"] == "test", "identity"].nunique()),
+            "mean_active_morphs": float((w > 0).sum(1).mean()),
+            "yaw_range": [float(g["yaw"].min()), float(g["yaw"].max())],
+            "pitch_range": [float(g["pitch"].min()), float(g["pitch"].max())],
+            "roll_range": [float(g["roll"].min()), float(g["roll"].max())],
+        }
+    return out

@@ -1,0 +1,113 @@
+"""Blender render workers: Ray actors that each own one ``bpy`` process.
+
+``bpy`` is one Blender per process, so parallel rendering means processes: each
+:class:`BlenderWorker` imports ``bpy`` once, keeps its scene between frames of the same head,
+and resets it (factory settings) between identities. :func:`render_shards` spreads shards over
+a pool of them. A worker that dies (crash, OOM, ``kill -9``) is restarted by Ray; the shard it
+held is handed out again. Shards are written atomically and a finished one is never redone,
+so the result has every frame exactly once whatever fails on the way.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+WORKER_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class BlenderWorker:
+    def __init__(self, threads: int = 1, device: str = "cpu"):
+        from tasks.animeceleb.blender_scene import BlenderScene
+
+        self.scene = BlenderScene(threads=threads, device=device)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def render_shard(self, shard: str, rows: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
+        from tasks.animeceleb.shards import render_shard
+
+        return render_shard(self.scene, shard, rows, out_dir)
+
+
+def render_shards(
+    shards: dict[str, list[dict[str, Any]]],
+    out_dir: Path | str,
+    *,
+    workers: int,
+    threads: int = 1,
+    num_gpus: float = 0,
+    max_attempts: int = 4,
+    on_done: Callable[[dict[str, Any], list], None] | None = None,
+) -> dict[str, Any]:
+    """Render every shard not yet on disk; return per-worker and per-shard statistics.
+
+    ``on_done(result, actors)`` is called after each finished shard (progress; tests use it to
+    kill a worker mid-run).
+    """
+    from tasks.animeceleb.shards import is_done
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in shards if not is_done(out_dir, s)]
+    skipped = len(shards) - len(todo)
+    device = "cuda" if num_gpus else "cpu"
+    n = max(1, min(workers, len(todo))) if todo else 0
+    actors = [BlenderWorker.options(num_cpus=threads, num_gpus=num_gpus).remote(threads, device) for _ in range(n)]
+    attempts: dict[str, int] = {}
+    running: dict[Any, tuple[str, int]] = {}
+    per_worker: dict[int, dict[str, float]] = {}
+    results, failures = [], []
+    t0 = time.perf_counter()
+
+    def submit(shard: str, slot: int) -> None:
+        attempts[shard] = attempts.get(shard, 0) + 1
+        if attempts[shard] > max_attempts:
+            raise RuntimeError(f"shard {shard} failed {max_attempts} times; last error: {failures[-1] if failures else '?'}")
+        running[actors[slot].render_shard.remote(shard, shards[shard], str(out_dir))] = (shard, slot)
+
+    queue = list(todo)
+    for slot in range(n):
+        if queue:
+            submit(queue.pop(0), slot)
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1)
+        ref = ready[0]
+        shard, slot = running.pop(ref)
+        try:
+            res = ray.get(ref)
+        except WORKER_ERRORS as e:  # the process died: Ray restarts it; the shard goes back in line
+            failures.append(f"{shard}: {type(e).__name__}")
+            queue.insert(0, shard)
+        else:
+            results.append(res)
+            w = per_worker.setdefault(slot, {"frames": 0, "seconds": 0.0, "shards": 0})
+            w["frames"] += res["frames"]
+            w["seconds"] += res["seconds"]
+            w["shards"] += 1
+            if on_done:
+                on_done(res, actors)
+        if queue:
+            submit(queue.pop(0), slot)
+    wall = time.perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    frames = sum(r["frames"] for r in results)
+    return {
+        "shards_rendered": len(results),
+        "shards_skipped": skipped,
+        "shards_redone": len(failures),
+        "failures": failures,
+        "frames": frames,
+        "wall_seconds": wall,
+        "frames_per_second": frames / wall if wall > 0 and frames else 0.0,
+        "workers": n,
+        "per_worker": [{"worker": k, **v, "frames_per_second": v["frames"] / v["seconds"] if v["seconds"] else 0.0}
+                       for k, v in sorted(per_worker.items())],
+    }
