@@ -51,10 +51,11 @@ def render_shards(
     ``on_done(result, actors)`` is called after each finished shard (progress; tests use it to
     kill a worker mid-run).
     """
-    from tasks.animeceleb.shards import is_done
+    from tasks.animeceleb.shards import clear_temporaries, is_done
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_temporaries(out_dir)
     todo = [s for s in shards if not is_done(out_dir, s)]
     skipped = len(shards) - len(todo)
     device = "cuda" if num_gpus else "cpu"
@@ -98,6 +99,7 @@ def render_shards(
     wall = time.perf_counter() - t0
     for a in actors:
         ray.kill(a)
+    clear_temporaries(out_dir)  # what killed workers left behind
     frames = sum(r["frames"] for r in results)
     return {
         "shards_rendered": len(results),

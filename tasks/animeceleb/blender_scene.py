@@ -11,6 +11,9 @@ fixed seed the same label renders to the same pixels.
 from __future__ import annotations
 
 import math
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +271,8 @@ class BlenderScene:
         scene.cycles.seed = int(seed) % (2**31)
         scene.cycles.use_denoising = bool(denoise)
         scene.render.filepath = str(path)
-        self.bpy.ops.render.render(write_still=True)
+        with _quiet_stdout():  # Blender prints a "Saved: ..." line per frame
+            self.bpy.ops.render.render(write_still=True)
         return Path(path)
 
     def evaluated_vertices(self) -> np.ndarray:
@@ -280,6 +284,21 @@ class BlenderScene:
         mesh.vertices.foreach_get("co", co)
         ev.to_mesh_clear()
         return co.reshape(-1, 3)
+
+
+@contextmanager
+def _quiet_stdout():
+    """Silence C-level stdout (file descriptor 1) for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _look_rotation(direction: np.ndarray) -> tuple[float, float, float]:

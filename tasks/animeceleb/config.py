@@ -54,7 +54,7 @@ class AnimeCelebConfig(FlowConfig):
     samples: int = Field(8, ge=1, le=4096)
     """Cycles samples per pixel."""
     denoise: bool = True
-    """Denoise with OpenImageDenoise (deterministic on the same machine)."""
+    """Denoise default-style renders with OpenImageDenoise (toon shading is flat: nothing to denoise)."""
     anime_morphs: list[str] = list(ANIME_MORPH_NAMES)
     """Anime morphs that random frames may activate (others stay 0)."""
     human_morphs: list[str] = list(HUMAN_MORPH_NAMES)

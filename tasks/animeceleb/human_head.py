@@ -126,7 +126,7 @@ def region_masks(mb: MeshBuilder, rest: np.ndarray, shift: np.ndarray) -> None:
 
 def _eyeball(mb: MeshBuilder, front: np.ndarray, ident: HumanIdentity, name: str) -> None:
     r = 0.0118
-    center = front + np.array([0.0, 0.0095, 0.0])
+    center = front + np.array([0.0, 0.003, 0.0])
     nu, nv = 20, 14
     u = np.linspace(0, 2 * np.pi, nu, endpoint=False)[None]
     v = np.linspace(-np.pi / 2 + 0.05, np.pi / 2 - 0.05, nv)[:, None]

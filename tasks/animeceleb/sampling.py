@@ -119,7 +119,9 @@ def build_plan(cfg: AnimeCelebConfig, camera: CameraSpec = CameraSpec()) -> tupl
                         "identity_seed": iseed, "split": split[i], "style": style, "kind": kind, "sequence": seq, "t": t,
                         "weights": w.astype(np.float32), "active": [names[k] for k in np.flatnonzero(w > 0)],
                         "yaw": float(pose[0]), "pitch": float(pose[1]), "roll": float(pose[2]),
-                        "resolution": cfg.resolution, "samples": cfg.samples, "denoise": cfg.denoise,
+                        "resolution": cfg.resolution, "samples": cfg.samples,
+                        # flat toon shading has no lighting noise to remove, only edges to anti-alias
+                        "denoise": cfg.denoise and style == "default",
                         "render_seed": _seed(iseed, 2, j), **cam,
                     })
     plan = pd.DataFrame(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 import time
@@ -41,6 +42,18 @@ def shard_paths(out_dir: Path | str, shard: str) -> tuple[Path, Path]:
 def is_done(out_dir: Path | str, shard: str) -> bool:
     tar, rows = shard_paths(out_dir, shard)
     return tar.is_file() and rows.is_file()
+
+
+def clear_temporaries(out_dir: Path | str) -> int:
+    """Remove what a killed worker left half-written (dot-prefixed temp folders and files).
+    Only call while no worker writes into ``out_dir``."""
+    n = 0
+    for p in Path(out_dir).glob(".*"):
+        if p.name.endswith(".json"):  # the folder's own key file
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        n += 1
+    return n
 
 
 def render_rows(scene, rows: list[dict[str, Any]], workdir: Path) -> list[Path]:

@@ -82,12 +82,14 @@ def format_validation_error(e: ValidationError, prefix: str) -> str:
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         got_s = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
-        if not loc:
-            # A cross-field check: its message starts with the field it is about ("nm: ...").
-            m = re.match(r"^(\w+)[:=]", msg)
-            loc = m.group(1) if m else "<config>"
+        m = re.match(r"^(\w+)[:=]", msg) if err["type"] == "value_error" else None
+        if not loc or (m and isinstance(err.get("input"), dict) and m.group(1) in err["input"]):
+            # A cross-field check (of the config or of a nested section): its message starts
+            # with the field it is about ("nm: ...").
+            field = m.group(1) if m else "<config>"
+            loc = f"{loc}.{field}" if loc else field
             got_s = ""
-            msg = msg.split(": ", 1)[1] if m and msg.startswith(f"{loc}: ") else msg
+            msg = msg.split(": ", 1)[1] if m and msg.startswith(f"{field}: ") else msg
         lines.append(f"{prefix}.{loc}: {msg}{got_s}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
