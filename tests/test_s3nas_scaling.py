@@ -75,7 +75,7 @@ def test_scale_arch_multiplies_depth_width_resolution():
 
 
 def test_selective_se_removal_drops_the_least_input_dependent_excitations():
-    arch = finish(hand_designed(), 0.25)
+    arch = finish(hand_designed(SupernetConfig()), 0.25)
     n_se = sum(b.se for b in arch.blocks)
     rng = np.random.default_rng(0)
     exc = [rng.normal(0.5, 0.01 if i in (1, 4) else 0.2, size=(50, 8)) for i in range(n_se)]

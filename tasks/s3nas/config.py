@@ -125,10 +125,10 @@ class SupernetConfig(BaseModel):
 
 
 class S3NASConfig(FlowConfig):
-    target_latency_us: float = Field(900.0, gt=0)
+    target_latency_us: float = Field(400.0, gt=0)
     """Final latency requirement T on the simulated NPU, µs. The delivered net is ≤ T and ≥ 90 % of it."""
 
-    search_target_ratio: float = Field(0.7, gt=0.1, le=1.0)
+    search_target_ratio: float = Field(0.6, gt=0.1, le=1.0)
     """The search runs at this fraction of T (a tighter target than the final one, as in the paper)."""
 
     npu: NPUConfig = Field(default_factory=NPUConfig)
@@ -137,7 +137,7 @@ class S3NASConfig(FlowConfig):
     supernet: SupernetConfig = Field(default_factory=SupernetConfig)
     """The search space."""
 
-    n_train: int = Field(6000, ge=64)
+    n_train: int = Field(4000, ge=64)
     """Fashion-MNIST training images used (a stratified subset of the 60k)."""
 
     n_val: int = Field(1000, ge=32)
@@ -164,7 +164,7 @@ class S3NASConfig(FlowConfig):
     lr: float = Field(3e-3, gt=0)
     """Learning rate of the weights (AdamW, cosine decay) in search and final training."""
 
-    threshold_lr: float = Field(0.02, gt=0)
+    threshold_lr: float = Field(0.005, gt=0)
     """Learning rate of the superkernel thresholds (latency phase only)."""
 
     label_smoothing: float = Field(0.1, ge=0, lt=1)
@@ -173,7 +173,7 @@ class S3NASConfig(FlowConfig):
     random_epochs_each: int = Field(1, ge=1)
     """Training epochs per random-search candidate; candidates = search_epochs / this (same budget)."""
 
-    final_epochs: int = Field(4, ge=1)
+    final_epochs: int = Field(3, ge=1)
     """Training epochs of each scaled final net (ours, random search, hand-designed)."""
 
     se_ratio: float = Field(0.25, gt=0, le=1)
@@ -228,9 +228,8 @@ class S3NASConfig(FlowConfig):
 
     @model_validator(mode="after")
     def _target_is_reachable(self) -> "S3NASConfig":
-        from .space import smallest_arch, supernet_arch_layers  # noqa: F401
         from .npu import SimCache, network_cycles
-        from .space import network_layers
+        from .space import network_layers, smallest_arch
 
         small = smallest_arch(self.supernet)
         cycles = network_cycles(network_layers(small), SimCache.default(self.npu))

@@ -121,16 +121,20 @@ def _summary(best: dict, tried: list[dict], target_us: float, cands: list[dict])
 # ---------------------------------------------------------------------------- baselines
 
 
-def hand_designed(resolution: int = 32, num_classes: int = 10) -> Arch:
-    """An EfficientNet-B0/MobileNetV2-style net shrunk for 32×32 inputs: MBConv blocks (one
-    depthwise kernel, expansion 6 after the first stage), k3/k5 as in B0, SE + h-swish."""
-    spec = [(1, 16, 1, 3, 1), (2, 24, 2, 3, 6), (2, 40, 2, 5, 6), (3, 64, 1, 3, 6)]
-    blocks, c = [], 16
-    for n, c_out, s, k, e in spec:
+def hand_designed(sn, num_classes: int | None = None) -> Arch:
+    """An EfficientNet-B0/MobileNetV2-style net on the supernet's macro-architecture (same
+    stem, stages, widths, strides, head): MBConv blocks with one depthwise kernel, expansion 1
+    in the first stage and 6 after it, kernels 3 and 5 alternating by stage as in B0, SE +
+    h-swish. Compound scaling then fits it to the target like the searched net."""
+    blocks, c = [], sn.stem_channels
+    for si, (n, c_out, s) in enumerate(sn.stages):
+        e = 1 if si == 0 else 6
+        k = 3 if si % 2 == 0 else 5
         for i in range(n):
             blocks.append(Block(c, c_out, s if i == 0 else 1, (Branch(k, e),), se=True))
             c = c_out
-    return Arch(resolution, 16, blocks, 128, num_classes, activation="hswish", name="hand_designed")
+    return Arch(sn.resolution, sn.stem_channels, blocks, sn.head_channels, num_classes or sn.num_classes,
+                activation="hswish", name="hand_designed")
 
 
 # ---------------------------------------------------------------------------- selective SE removal

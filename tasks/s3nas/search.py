@@ -66,12 +66,12 @@ def single_path_search(cfg: S3NASConfig, splits: dict, block_latency_us, fixed_l
             opt_w.step()
             if not warm:
                 opt_t.step()
-            ce_sum += float(ce)
-            lat_sum += float(lat)
+            ce_sum += ce.item()
+            lat_sum += lat.item()
             n += 1
             step += 1
             if progress:
-                progress(step, total, {"phase": "warmup" if warm else "latency", "ce": float(ce), "lat_us": float(lat)})
+                progress(step, total, {"phase": "warmup" if warm else "latency", "ce": ce.item(), "lat_us": lat.item()})
         arch = model.readout()
         history.append({"epoch": epoch, "phase": "warmup" if warm else "latency", "ce": ce_sum / n,
                         "expected_latency_us": lat_sum / n, "readout_latency_us": arch_latency_us(arch),

@@ -66,7 +66,7 @@ class SuperBranch(nn.Module):
         self.n_groups = e_max // step
         self.channels = self.group * self.n_groups
         self.weight = nn.Parameter(torch.empty(self.channels, 1, k_max, k_max))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        nn.init.kaiming_normal_(self.weight, mode="fan_in")  # a depthwise fan: k·k, not C·k·k
         self.bn = nn.BatchNorm2d(self.channels)
         rings = []
         for i, k in enumerate(self.kernels):

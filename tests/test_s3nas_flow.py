@@ -1,0 +1,85 @@
+"""The `s3nas` flow end to end on the Ray task runner, at toy size: a two-stage 16×16
+supernet on 256 real Fashion-MNIST images, a handful of held-out networks, one epoch each."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+TOY = [
+    "supernet.resolution=16", "supernet.stem_channels=16", "supernet.stages=[[1, 16, 1], [2, 24, 2]]",
+    "supernet.head_channels=32", "target_latency_us=100", "search_target_ratio=0.5", "threshold_lr=0.05",
+    "n_train=256", "n_val=64", "n_test=128", "batch_size=32", "search_epochs=2", "warmup_epochs=1",
+    "final_epochs=1", "rmse_finetune_epochs=1", "heldout_networks=4",
+]
+
+pytestmark = pytest.mark.slow  # ~2 min on 2 cores (Prefect + Ray + SCALE-Sim + 5 trainings)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, prefect_server):
+    import ray
+
+    from flows.s3nas import s3nas
+    from tasks.common.config import load_config
+    from tasks.common.runner import make_task_runner, ray_init_kwargs
+    from tasks.s3nas.config import S3NASConfig
+
+    root = tmp_path_factory.mktemp("data")
+    saved = {k: os.environ.get(k) for k in ("PAPERLINE_DATA", "PAPERLINE_NO_DVC", "PAPERLINE_NPU_CACHE")}
+    os.environ["PAPERLINE_DATA"] = str(root)
+    os.environ["PAPERLINE_NO_DVC"] = "1"
+    os.environ.pop("PAPERLINE_NPU_CACHE", None)
+    ray.shutdown()
+    ray.init(**ray_init_kwargs(None))
+    cfg = load_config("s3nas", S3NASConfig, overrides=TOY)
+    run = lambda: s3nas.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
+    try:
+        yield root, cfg, run(), run
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_every_final_net_is_within_the_target_and_at_least_90_percent_of_it(toy_run):
+    root, cfg, result, _ = toy_run
+    metrics = json.loads((root / "s3nas" / "report" / "metrics.json").read_text())
+    for method in ("s3nas", "random_search", "hand_designed"):
+        lat = metrics[method]["sim_latency_us"]
+        assert 0.9 * cfg.target_latency_us <= lat <= cfg.target_latency_us, (method, lat)
+        assert 0.0 <= metrics[method]["test_acc"] <= 1.0
+    assert metrics["s3nas-rmSE"]["sim_latency_us"] < metrics["s3nas"]["sim_latency_us"]
+    assert metrics["estimator"]["networks"] == cfg.heldout_networks
+    assert metrics["estimator"]["mape_pct"] < 15
+    assert metrics["search"]["searched_latency_us"] <= cfg.target_latency_us
+    for f in ("table.md", "results.csv", "pareto.png", "summary.json"):
+        assert (root / "s3nas" / "report" / f).is_file(), f
+    assert "hand_designed" in result["table"]
+
+
+def test_the_simulated_latency_of_the_report_is_the_simulator_s(toy_run):
+    """Re-simulate the delivered net from the per-layer cache: same number as reported."""
+    from tasks.s3nas.npu import SimCache, network_cycles
+    from tasks.s3nas.space import Arch, network_layers
+
+    root, cfg, _, _ = toy_run
+    ev = json.loads((root / "s3nas" / "final" / "s3nas" / "eval.json").read_text())
+    arch = Arch.from_dict(ev["arch"])
+    cache = SimCache(root / "s3nas" / "npu_cache", cfg.npu)
+    assert network_cycles(network_layers(arch), cache) / cfg.npu.clock_mhz == pytest.approx(ev["sim_latency_us"])
+    assert cache.simulations == 0  # every layer of it was simulated during the run already
+
+
+def test_a_rerun_reuses_every_step_and_simulates_nothing(toy_run):
+    root, _, _, run = toy_run
+    markers = {p: p.stat().st_mtime_ns for p in (root / "s3nas").rglob(".step.json")}
+    cached = {p: p.stat().st_mtime_ns for p in (root / "s3nas" / "npu_cache").rglob("*.json")}
+    assert len(markers) >= 10
+    run()
+    assert {p: p.stat().st_mtime_ns for p in (root / "s3nas").rglob(".step.json")} == markers
+    assert {p: p.stat().st_mtime_ns for p in (root / "s3nas" / "npu_cache").rglob("*.json")} == cached
