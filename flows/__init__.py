@@ -31,6 +31,10 @@ FLOWS: dict[str, FlowSpec] = {
         "animeceleb", "flows.animeceleb", "animeceleb", "tasks.animeceleb.config:AnimeCelebConfig",
         "AnimeCeleb-style data: procedural anime heads + anny human heads rendered by Blender workers",
     ),
+    "s3nas": FlowSpec(
+        "s3nas", "flows.s3nas", "s3nas", "tasks.s3nas.config:S3NASConfig",
+        "S3NAS: NPU-aware NAS on a SCALE-Sim NPU, scaled to a latency target, vs random search and a hand-designed net",
+    ),
 }
 
 
