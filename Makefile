@@ -34,3 +34,4 @@ test-all: install
 bench: install
 	$(PY) bench/stun_cost.py
 	$(PY) bench/stun_memory.py
+	$(PY) bench/render_throughput.py
