@@ -75,7 +75,7 @@ class AnimeCelebConfig(FlowConfig):
     """Cycles device: auto uses a GPU when the node has one."""
     contact_sheet_samples: int = Field(64, ge=1, le=1024)
     """Random frames per contact sheet."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     """Seeds identities, frames and the split."""
 
     @field_validator("anime_morphs", "human_morphs")

@@ -203,13 +203,13 @@ class S3NASConfig(FlowConfig):
     lut_workers: int = Field(2, ge=1)
     """Ray actors running SCALE-Sim in parallel."""
 
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """'auto' (GPU when Ray has one, bf16 autocast there), 'cpu' or 'cuda'."""
 
     cpus_per_step: int = Field(0, ge=0)
     """CPU cores a training step asks Ray for; 0 = all cores of the local machine."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     """Seed of data subsets, initialisation, dropout and random search."""
 
     @field_validator("width_choices", "depth_choices", "resolution_choices")
@@ -239,7 +239,7 @@ class S3NASConfig(FlowConfig):
             raise ValueError(
                 f"target_latency_us: {self.target_latency_us:g} µs × search_target_ratio {self.search_target_ratio:g} "
                 f"= {search_t:.1f} µs is below the smallest network of the search space, {floor_us:.1f} µs "
-                f"on this NPU; raise the target (≥ {floor_us / self.search_target_ratio:.0f} µs) or shrink the supernet"
+                f"on this NPU (npu.clock_mhz={self.npu.clock_mhz:g}); raise the target (≥ {floor_us / self.search_target_ratio:.0f} µs) or shrink the supernet"
             )
         return self
 

@@ -94,7 +94,7 @@ class StunConfig(FlowConfig):
     export_method: Literal["wanda", "owl", "magnitude"] = "owl"
     """Unstructured method of the exported checkpoint."""
 
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """'auto' (GPU when Ray has one, bf16 there), 'cpu' or 'cuda'."""
 
     cpus_per_step: int = Field(0, ge=0)
@@ -162,7 +162,7 @@ class StunConfig(FlowConfig):
         if keep < k:
             raise ValueError(
                 f"expert_fraction: {self.expert_fraction} (keep_experts={self.keep_experts}) leaves {keep} experts "
-                f"per layer, fewer than the model's top-k={k}"
+                f"per layer, fewer than the model's top-k={k}" + (" (zoo.top_k)" if self.model == "zoo" else "")
             )
         return self
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import (
     AutoModelForCausalLM,
     MixtralConfig,
@@ -93,6 +93,17 @@ class ZooConfig(BaseModel):
     """Whole plays held out for perplexity; two plays give over 100k held-out tokens."""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Seeds the corpus split, initialisation and batch order: a rerun gives the same model."""
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> "ZooConfig":
+        # Checked here, not only when the model is built, so a bad shape fails before any work.
+        if self.hidden % self.heads:
+            raise ValueError(f"heads: hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads: heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k: {self.top_k} exceeds experts={self.experts}")
+        return self
 
 
 # ---------------------------------------------------------------------------- model config
