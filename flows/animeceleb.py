@@ -19,38 +19,43 @@ from tasks.animeceleb import steps
 from tasks.animeceleb.config import AnimeCelebConfig
 from tasks.common.artifacts import read_json
 from tasks.common.config import load_config
+from tasks.common.locks import run_lock
 from tasks.common.runner import cluster_resources, make_task_runner, step_options
 from tasks.common.versioning import markdown_table, publish_report, record_outputs
 
 PURPOSE = "AnimeCeleb-style data: procedural anime heads + anny human heads rendered by Blender workers"
 
 
-@flow(name="animeceleb", task_runner=make_task_runner(), persist_result=False, log_prints=True)
+# A step lost with its process (a killed Ray worker, a removed node) fails the run; one flow
+# retry redoes only what the step cache and the shard files do not already hold.
+@flow(name="animeceleb", task_runner=make_task_runner(), log_prints=True, retries=1, retry_delay_seconds=5)
 def animeceleb(config: AnimeCelebConfig = load_config("animeceleb", AnimeCelebConfig)) -> dict:
-    cfg = config
-    res = cluster_resources()
-    gpus = 0 if cfg.device == "cpu" else int(res.get("GPU", 0))
-    if gpus:
-        workers, threads = cfg.workers or gpus, cfg.threads_per_worker
-    else:
-        threads = cfg.threads_per_worker
-        workers = cfg.workers or max(1, int(res.get("CPU", 1)) // threads)
+    with run_lock("animeceleb"):
+        cfg = config
+        res = cluster_resources()
+        gpus = 0 if cfg.device == "cpu" else int(res.get("GPU", 0))
+        if gpus:
+            workers, threads = cfg.workers or gpus, cfg.threads_per_worker
+        else:
+            threads = cfg.threads_per_worker
+            workers = cfg.workers or max(1, int(res.get("CPU", 1)) // threads)
 
-    with step_options(num_cpus=1):
-        plan = steps.plan.submit(cfg).result()
-        models = steps.morph_models.submit(cfg, plan)
-    # The render step only hands out shards; its worker actors hold the CPUs/GPUs.
-    with step_options(num_cpus=0):
-        shards = steps.render.submit(cfg, plan, workers, threads, num_gpus=1 if gpus else 0).result()
-    with step_options(num_cpus=1):
-        data = steps.dataset.submit(cfg, plan, shards, models.result()).result()
+        with step_options(num_cpus=1):
+            plan = steps.plan.submit(cfg).result()
+            models = steps.morph_models.submit(cfg, plan)
+        # The render step only hands out shards; its worker actors hold the CPUs/GPUs.
+        with step_options(num_cpus=0):
+            shards = steps.render.submit(cfg, plan, workers, threads, num_gpus=1 if gpus else 0).result()
+        with step_options(num_cpus=1):
+            data = steps.dataset.submit(cfg, plan, shards, models.result()).result()
 
-    stats = read_json(Path(data) / "stats.json")
-    rows = [{"domain": d, **{k: v for k, v in s.items() if not isinstance(v, list)}} for d, s in stats["by_domain"].items()]
-    r = stats["render"]
-    table = markdown_table(rows) + (f"\n\nRendered {r['frames_rendered']} frames in {r['wall_seconds']:.1f} s "
-                                    f"({r['frames_per_second']:.2f} frames/s, {r['workers']} workers).")
-    dvc = record_outputs("animeceleb")
-    sheets = ", ".join(f"`{Path(data) / 'contact_sheets' / n}`" for n in stats["contact_sheets"])
-    publish_report("animeceleb", table, dvc, extra_md=f"Contact sheets: {sheets}")
-    return {"dataset": str(data), "shards": str(shards), "morph_models": str(models.result()), "stats": stats, "dvc": dvc}
+        stats = read_json(Path(data) / "stats.json")
+        rows = [{"domain": d, **{k: v for k, v in s.items() if not isinstance(v, list)}} for d, s in stats["by_domain"].items()]
+        r = stats["render"]
+        table = markdown_table(rows) + (f"\n\nRendered {r['frames_rendered']} frames in {r['wall_seconds']:.1f} s "
+                                        f"({r['frames_per_second']:.2f} frames/s, {r['workers']} workers).")
+        dvc = record_outputs("animeceleb")
+        sheets = ", ".join(f"`{Path(data) / 'contact_sheets' / n}`" for n in stats["contact_sheets"])
+        publish_report("animeceleb", table, dvc, extra_md=f"Contact sheets: {sheets}")
+        return {"table": table, "dataset": str(data), "shards": str(shards), "morph_models": str(models.result()),
+                "contact_sheets": [str(Path(data) / "contact_sheets" / n) for n in stats["contact_sheets"]], "dvc": dvc}

@@ -68,6 +68,12 @@ class HumanIdentity:
 @lru_cache(maxsize=1)
 def anny_head():
     """anny's head-only model (4,538 vertices) with all 52 facial actions; built once per process."""
+    try:  # warp (anny's skinning kernels) prints a banner per process otherwise
+        import warp
+
+        warp.config.quiet = True
+    except Exception:
+        pass
     import anny
 
     model = anny.Anny(rig="makehuman-head", topology="head", facial_actions="all")
