@@ -68,9 +68,9 @@ def test_depthwise_counts_every_channel_as_scalesim_own_dp_expansion_does(tmp_pa
 
 
 def test_memory_stalls_are_counted_when_dram_is_slow(tmp_path):
-    layer = conv_layer(8, 32, 64, 3, 1)
+    layer = conv_layer(8, 32, 32, 3, 1)
     fast = SimCache(tmp_path, NPUConfig(array_rows=8, array_cols=8, dram_bw_words=64)).simulate(layer)
-    slow = SimCache(tmp_path, NPUConfig(array_rows=8, array_cols=8, dram_bw_words=1)).simulate(layer)
+    slow = SimCache(tmp_path, NPUConfig(array_rows=8, array_cols=8, dram_bw_words=2)).simulate(layer)
     assert slow["cycles"] > fast["cycles"]
     assert slow["stall_cycles"] > 0
 
