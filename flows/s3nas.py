@@ -19,6 +19,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.common.config import load_config
+from tasks.common.locks import run_lock
 from tasks.common.runner import cluster_resources, make_task_runner, step_options
 from tasks.common.versioning import publish_report, record_outputs
 from tasks.s3nas import steps
@@ -27,42 +28,45 @@ from tasks.s3nas.config import S3NASConfig
 PURPOSE = "S3NAS: NPU-aware NAS on a SCALE-Sim NPU, scaled to a latency target, vs random search and a hand-designed net"
 
 
-@flow(name="s3nas", task_runner=make_task_runner(), persist_result=False, log_prints=True)
+# A step lost with its process (a killed Ray worker, a removed node) fails the run; one flow
+# retry redoes only what the step cache does not already hold.
+@flow(name="s3nas", task_runner=make_task_runner(), log_prints=True, retries=1, retry_delay_seconds=5)
 def s3nas(config: S3NASConfig = load_config("s3nas", S3NASConfig)) -> dict:
-    cfg = config
-    res = cluster_resources()
-    cpus = int(cfg.cpus_per_step or res.get("CPU", 1))
-    gpus = 0 if cfg.device == "cpu" else int(res.get("GPU", 0))
-    # Training steps share the machine: each gets an equal slice of the cores (and a GPU if any).
-    train = dict(num_cpus=1, num_gpus=1 if gpus else 0)
-    threads = max(1, cpus // 2)
+    with run_lock("s3nas"):
+        cfg = config
+        res = cluster_resources()
+        cpus = int(cfg.cpus_per_step or res.get("CPU", 1))
+        gpus = 0 if cfg.device == "cpu" else int(res.get("GPU", 0))
+        # Training steps share the machine: each gets an equal slice of the cores (and a GPU if any).
+        train = dict(num_cpus=1, num_gpus=1 if gpus else 0)
+        threads = max(1, cpus // 2)
 
-    with step_options(num_cpus=1):
-        data = steps.data.submit(cfg)
-    # Simulation steps only orchestrate the NPU actors, which hold the CPUs themselves.
-    with step_options(num_cpus=0):
-        lut = steps.latency_table.submit(cfg).result()
-        est = steps.estimator.submit(cfg, lut)
-    data = data.result()
-    with step_options(**train):
-        ours = steps.search.submit(cfg, data, lut, threads=threads, use_gpu=bool(gpus))
-        rand = steps.random_search.submit(cfg, data, lut, threads=threads, use_gpu=bool(gpus))
-        ours, rand, est = ours.result(), rand.result(), est.result()
-    with step_options(num_cpus=0):
-        scaled = {
-            "s3nas": steps.scale.submit(cfg, "s3nas", ours, est),
-            "random_search": steps.scale.submit(cfg, "random_search", rand, est),
-            "hand_designed": steps.scale.submit(cfg, "hand_designed", None, est),
-        }
-        scaled = {k: v.result() for k, v in scaled.items()}
-    with step_options(**train):
-        finals = {k: steps.train_final.submit(cfg, k, d, data, est, remove_se=(k == "s3nas"), threads=threads,
-                                              use_gpu=bool(gpus)) for k, d in scaled.items()}
-        finals = {k: v.result() for k, v in finals.items()}
-    with step_options(num_cpus=1):
-        report_dir = steps.report.submit(cfg, finals, {"s3nas": ours, "random_search": rand}, est, lut).result()
+        with step_options(num_cpus=1):
+            data = steps.data.submit(cfg)
+        # Simulation steps only orchestrate the NPU actors, which hold the CPUs themselves.
+        with step_options(num_cpus=0):
+            lut = steps.latency_table.submit(cfg).result()
+            est = steps.estimator.submit(cfg, lut)
+        data = data.result()
+        with step_options(**train):
+            ours = steps.search.submit(cfg, data, lut, threads=threads, use_gpu=bool(gpus))
+            rand = steps.random_search.submit(cfg, data, lut, threads=threads, use_gpu=bool(gpus))
+            ours, rand, est = ours.result(), rand.result(), est.result()
+        with step_options(num_cpus=0):
+            scaled = {
+                "s3nas": steps.scale.submit(cfg, "s3nas", ours, est),
+                "random_search": steps.scale.submit(cfg, "random_search", rand, est),
+                "hand_designed": steps.scale.submit(cfg, "hand_designed", None, est),
+            }
+            scaled = {k: v.result() for k, v in scaled.items()}
+        with step_options(**train):
+            finals = {k: steps.train_final.submit(cfg, k, d, data, est, remove_se=(k == "s3nas"), threads=threads,
+                                                  use_gpu=bool(gpus)) for k, d in scaled.items()}
+            finals = {k: v.result() for k, v in finals.items()}
+        with step_options(num_cpus=1):
+            report_dir = steps.report.submit(cfg, finals, {"s3nas": ours, "random_search": rand}, est, lut).result()
 
-    table_md = (Path(report_dir) / "table.md").read_text()
-    dvc = record_outputs("s3nas")
-    publish_report("s3nas", table_md, dvc, extra_md=f"Pareto plot: `{Path(report_dir) / 'pareto.png'}`")
-    return {"report": str(report_dir), "table": table_md, "dvc": dvc}
+        table_md = (Path(report_dir) / "table.md").read_text()
+        dvc = record_outputs("s3nas")
+        publish_report("s3nas", table_md, dvc, extra_md=f"Pareto plot: `{Path(report_dir) / 'pareto.png'}`")
+        return {"report": str(report_dir), "table": table_md, "dvc": dvc}

@@ -17,6 +17,8 @@ from pathlib import Path
 from .artifacts import PROJECT_ROOT
 
 DEFAULT_PORT = int(os.environ.get("PAPERLINE_PREFECT_PORT", "4200"))
+#: loopback unless configured: the API has no authentication of its own
+DEFAULT_HOST = os.environ.get("PAPERLINE_PREFECT_HOST", "127.0.0.1")
 
 
 def prefect_home() -> Path:
@@ -47,7 +49,7 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def ensure_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, timeout: float = 90.0) -> str:
+def ensure_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 90.0) -> str:
     """URL of a healthy Prefect API: ``PREFECT_API_URL``, a running local one, or a new one."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]

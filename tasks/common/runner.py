@@ -38,9 +38,12 @@ def ray_init_kwargs(address: str | None) -> dict[str, Any]:
         # Ray renices its workers to 15 by default; on a shared workstation that starves the
         # very steps the user is waiting for.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        dashboard = os.environ.get("PAPERLINE_RAY_DASHBOARD", "") not in ("", "0", "false")
         kwargs.update(
             num_cpus=int(os.environ.get("PAPERLINE_RAY_CPUS", os.cpu_count() or 1)),
-            include_dashboard=False,
+            # Off by default; when on, it listens on loopback unless told otherwise.
+            include_dashboard=dashboard,
+            dashboard_host=os.environ.get("PAPERLINE_RAY_DASHBOARD_HOST", "127.0.0.1"),
             # Steps exchange paths, not tensors: a small object store is plenty.
             object_store_memory=int(os.environ.get("PAPERLINE_RAY_OBJECT_STORE", 256 * 2**20)),
             _temp_dir=os.environ.get("PAPERLINE_RAY_TMP") or None,
