@@ -57,6 +57,18 @@ def test_scaling_takes_the_largest_confirmed_candidate():
     assert network_macs(best) > network_macs(finish(arch, 0.25))
 
 
+def test_a_coarse_grid_is_filled_in_so_the_hand_designed_net_reaches_90_percent():
+    from tasks.s3nas.config import S3NASConfig
+
+    arch = hand_designed(S3NASConfig().supernet)
+    coarse = dict(depths=[1.0], widths=[1.0, 2.0], resolutions=[1.0, 1.5])
+    base, top = _true_us(finish(arch, 0.25)), _true_us(finish(scale_arch(arch, 1.0, 2.0, 1.0), 0.25))
+    for target in np.linspace(1.1 * base, 0.95 * top, 5):  # targets between the coarse grid's points
+        best, info = compound_scale(arch, target, _true_us, lambda b: [_true_us(a) for a in b], se_ratio=0.25,
+                                    max_confirmations=8, **coarse)
+        assert 0.9 * target <= _true_us(best) <= target, (target, info["fraction_of_target"])
+
+
 def test_scale_arch_multiplies_depth_width_resolution():
     arch = _arch(2)
     s = scale_arch(arch, 2.0, 1.5, 1.25)

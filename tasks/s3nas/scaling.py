@@ -4,7 +4,8 @@ selective SE removal; and the hand-designed baseline it is compared with.
 Compound scaling multiplies depth (blocks per stage = round(n·d), extra blocks copying the
 stage's blocks with the most parameters), width (channels × w, to multiples of 8) and input
 resolution (× r, to multiples of 4). Every (d, w, r) of the grid is finished (SE + h-swish)
-and its latency *estimated*; the largest candidates (by MACs) whose estimate lands within
+and its latency *estimated* (the grid is filled in: widths in 0.05 steps, every 4-pixel
+resolution between its ends); the largest candidates (by MACs) whose estimate lands within
 [90 %, 100 %] of the target are *simulated* in turn, and the first one the simulator confirms
 within the target is kept. Nothing the simulator puts over the target is ever returned.
 """
@@ -78,6 +79,11 @@ def compound_scale(arch: Arch, target_us: float, estimate_us: Callable[[Arch], f
                    lower: float = 0.9) -> tuple[Arch, dict]:
     """The largest finished scaling of ``arch`` with simulated latency ≤ target (≥ lower·target
     when any candidate confirms so). ``simulate_us`` takes a batch (so it can fan out)."""
+    # Between the grid's points, widths in steps of 0.05 and every 4-pixel resolution: a coarse
+    # grid alone can jump from under 90 % of the target straight over it (channels move in 8s).
+    widths = _fill(widths, 0.05)
+    px = range(round_to(arch.resolution * min(resolutions), 4), round_to(arch.resolution * max(resolutions), 4) + 1, 4)
+    resolutions = sorted(set(resolutions) | {p / arch.resolution for p in px})
     cands = []
     for d, w, r in itertools.product(depths, widths, resolutions):
         a = finish(scale_arch(arch, d, w, r), se_ratio)
@@ -107,6 +113,12 @@ def compound_scale(arch: Arch, target_us: float, estimate_us: Callable[[Arch], f
         raise ScalingError(f"none of {len(tried)} simulated scalings of {arch.name or 'the net'} met {target_us:.1f} µs")
     best = max(under, key=lambda c: c["sim_us"])
     return best["arch"], _summary(best, tried, target_us, cands)
+
+
+def _fill(values: list[float], step: float) -> list[float]:
+    lo, hi = min(values), max(values)
+    n = int(round((hi - lo) / step))
+    return sorted(set(values) | {round(lo + i * step, 6) for i in range(n + 1)})
 
 
 def _summary(best: dict, tried: list[dict], target_us: float, cands: list[dict]) -> dict:
