@@ -35,6 +35,10 @@ FLOWS: dict[str, FlowSpec] = {
         "s3nas", "flows.s3nas", "s3nas", "tasks.s3nas.config:S3NASConfig",
         "S3NAS: NPU-aware NAS on a SCALE-Sim NPU, scaled to a latency target, vs random search and a hand-designed net",
     ),
+    "reenact": FlowSpec(
+        "reenact", "flows.reenact", "reenact", "tasks.reenact.config:ReenactConfig",
+        "EDTN + Animo-style anime head generator: human-driven anime reenactment, trained on animeceleb renders",
+    ),
 }
 
 
