@@ -49,3 +49,44 @@ def ray_local(prefect_server):
         ray.init(**ray_init_kwargs(None))
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy_flow(tmp_path_factory, prefect_server):
+    """``toy_flow(name, overrides)`` → (data root, config, first result, rerun): the real flow on
+    a fresh embedded Ray, outputs in a temp data root, DVC off; environment restored after."""
+    import contextlib
+
+    import ray
+
+    stack = contextlib.ExitStack()
+
+    def start(name: str, overrides: list[str]):
+        from flows import get_flow
+        from tasks.common.config import load_config
+        from tasks.common.runner import make_task_runner, ray_init_kwargs
+
+        spec = get_flow(name)
+        root = tmp_path_factory.mktemp("data")
+        saved = {k: os.environ.get(k) for k in ("PAPERLINE_DATA", "PAPERLINE_NO_DVC", "PAPERLINE_NPU_CACHE")}
+        stack.callback(_restore_env, saved)
+        stack.callback(ray.shutdown)
+        os.environ.update(PAPERLINE_DATA=str(root), PAPERLINE_NO_DVC="1")
+        os.environ.pop("PAPERLINE_NPU_CACHE", None)
+        ray.shutdown()
+        ray.init(**ray_init_kwargs(None))
+        cfg = load_config(name, spec.load_config_class(), overrides=overrides)
+        flow = spec.load_flow()
+        run = lambda: flow.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
+        return root, cfg, run(), run
+
+    with stack:
+        yield start
+
+
+def _restore_env(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

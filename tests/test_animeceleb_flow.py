@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -13,31 +12,9 @@ TOY = ["identities=2", "frames_per_identity=2", "sequences_per_identity=1", "seq
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory, prefect_server):
-    import ray
-
-    from flows.animeceleb import animeceleb
-    from tasks.animeceleb.config import AnimeCelebConfig
-    from tasks.common.config import load_config
-    from tasks.common.runner import make_task_runner, ray_init_kwargs
-
-    root = tmp_path_factory.mktemp("data")
-    old = os.environ.get("PAPERLINE_DATA")
-    os.environ["PAPERLINE_DATA"] = str(root)
-    os.environ["PAPERLINE_NO_DVC"] = "1"
-    ray.shutdown()
-    ray.init(**ray_init_kwargs(None))
-    cfg = load_config("animeceleb", AnimeCelebConfig, overrides=TOY)
-    run = lambda: animeceleb.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
-    try:
-        yield root / "animeceleb", cfg, run(), run
-    finally:
-        ray.shutdown()
-        os.environ.pop("PAPERLINE_NO_DVC", None)
-        if old is None:
-            os.environ.pop("PAPERLINE_DATA", None)
-        else:
-            os.environ["PAPERLINE_DATA"] = old
+def toy_run(toy_flow):
+    root, cfg, result, run = toy_flow("animeceleb", TOY)
+    return root / "animeceleb", cfg, result, run
 
 
 def test_every_planned_frame_is_in_the_manifest_once_with_its_labels(toy_run):

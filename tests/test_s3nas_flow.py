@@ -3,7 +3,6 @@ supernet on 256 real Fashion-MNIST images, a handful of held-out networks, one e
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -18,32 +17,8 @@ pytestmark = pytest.mark.slow  # ~2 min on 2 cores (Prefect + Ray + SCALE-Sim + 
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory, prefect_server):
-    import ray
-
-    from flows.s3nas import s3nas
-    from tasks.common.config import load_config
-    from tasks.common.runner import make_task_runner, ray_init_kwargs
-    from tasks.s3nas.config import S3NASConfig
-
-    root = tmp_path_factory.mktemp("data")
-    saved = {k: os.environ.get(k) for k in ("PAPERLINE_DATA", "PAPERLINE_NO_DVC", "PAPERLINE_NPU_CACHE")}
-    os.environ["PAPERLINE_DATA"] = str(root)
-    os.environ["PAPERLINE_NO_DVC"] = "1"
-    os.environ.pop("PAPERLINE_NPU_CACHE", None)
-    ray.shutdown()
-    ray.init(**ray_init_kwargs(None))
-    cfg = load_config("s3nas", S3NASConfig, overrides=TOY)
-    run = lambda: s3nas.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
-    try:
-        yield root, cfg, run(), run
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def toy_run(toy_flow):
+    return toy_flow("s3nas", TOY)
 
 
 def test_every_final_net_is_within_the_target_and_at_least_90_percent_of_it(toy_run):

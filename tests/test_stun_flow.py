@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -16,31 +15,8 @@ TOY = [
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory, prefect_server):
-    import ray
-
-    from flows.stun import stun
-    from tasks.common.config import load_config
-    from tasks.common.runner import make_task_runner, ray_init_kwargs
-    from tasks.stun.config import StunConfig
-
-    root = tmp_path_factory.mktemp("data")
-    old = os.environ.get("PAPERLINE_DATA")
-    os.environ["PAPERLINE_DATA"] = str(root)
-    os.environ["PAPERLINE_NO_DVC"] = "1"
-    ray.shutdown()
-    ray.init(**ray_init_kwargs(None))
-    cfg = load_config("stun", StunConfig, overrides=TOY)
-    run = lambda: stun.with_options(task_runner=make_task_runner())(config=cfg)  # noqa: E731
-    try:
-        yield root, cfg, run(), run
-    finally:
-        ray.shutdown()
-        os.environ.pop("PAPERLINE_NO_DVC", None)
-        if old is None:
-            os.environ.pop("PAPERLINE_DATA", None)
-        else:
-            os.environ["PAPERLINE_DATA"] = old
+def toy_run(toy_flow):
+    return toy_flow("stun", TOY)
 
 
 def test_the_flow_writes_every_variant_with_measured_sparsity(toy_run):
