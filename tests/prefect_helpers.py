@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -99,9 +101,14 @@ def paperline_serve(prefect_yaml: Path, api_url: str, data: Path, log_path: Path
                     activate: bool = False) -> Iterator[subprocess.Popen]:
     """``paperline serve --file prefect_yaml`` against ``api_url``, flows writing under ``data``."""
     env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    # A Ray temp dir of its own: ray.init() would otherwise join any cluster another process on
+    # this machine started with `ray start` (its address file lives in /tmp/ray). Short, for
+    # Ray's unix-socket path limit.
+    ray_tmp = tempfile.mkdtemp(prefix="plray", dir="/tmp")
     env.update(
         PREFECT_API_URL=api_url, PAPERLINE_DATA=str(data), PAPERLINE_NO_DVC="1", RAY_AUTH_MODE="disabled",
-        PREFECT_RUNNER_POLL_FREQUENCY="3", PYTHONUNBUFFERED="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="3", PYTHONUNBUFFERED="1", PAPERLINE_RAY_TMP=ray_tmp,
     )
     cmd = [str(BIN / "paperline"), "serve", "--file", str(prefect_yaml)] + (["--activate"] if activate else [])
     log = open(log_path, "wb")
@@ -112,6 +119,7 @@ def paperline_serve(prefect_yaml: Path, api_url: str, data: Path, log_path: Path
     finally:
         stop(proc)
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def tail(path: Path, n: int = 4000) -> str:
