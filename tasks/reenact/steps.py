@@ -315,7 +315,7 @@ def _flat_metrics(m: dict) -> dict:
             k: round(r[k], 5) for k in ("vertex_mm", "landmark_mm", "eye_opening_mm", "lip_distance_mm")}
     for r in m["generator"]:
         out["generator"].setdefault(r["split"], {})[r["method"]] = {
-            k: round(r[k], 5) for k in ("psnr_db", "ssim", "l1", "regressor_morph_mae") if k in r}
+            k: round(r[k], 5) for k in ("psnr_db", "ssim", "l1", "regressor_morph_mae", "regressor_mae_changed") if k in r}
     out["cross_domain"] = {k: v for k, v in m["cross_domain"].items() if isinstance(v, float)}
     out["train_seconds"] = {k: round(v["wall_seconds"], 1) for k, v in m["timing"].items()}
     return out
