@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.common.config import load_config
+from tasks.common.locks import run_lock
 from tasks.common.runner import cluster_resources, make_task_runner, step_options
 from tasks.common.versioning import publish_report, record_outputs
 from tasks.reenact import steps
@@ -29,28 +30,31 @@ from tasks.reenact.config import ReenactConfig
 PURPOSE = "EDTN + Animo-style anime head generator: human-driven anime reenactment, trained on animeceleb renders"
 
 
-@flow(name="reenact", task_runner=make_task_runner(), persist_result=False, log_prints=True)
+# A step lost with its process (a killed Ray worker, a removed node) fails the run; one flow
+# retry resumes from the step cache and the training checkpoints.
+@flow(name="reenact", task_runner=make_task_runner(), log_prints=True, retries=1, retry_delay_seconds=5)
 def reenact(config: ReenactConfig = load_config("reenact", ReenactConfig)) -> dict:
-    cfg = config
-    steps.check_inputs(cfg)  # a missing or mismatched animeceleb dataset fails here, naming the field
-    res = cluster_resources()
-    gpus = 0 if cfg.training.device == "cpu" else int(res.get("GPU", 0))
-    # Each trainer gets one GPU when there are any (the engine then runs DeepSpeed), else one CPU;
-    # the three trainers are independent and run side by side.
-    train = dict(num_cpus=1, num_gpus=1 if gpus else 0)
+    with run_lock("reenact"):
+        cfg = config
+        steps.check_inputs(cfg)  # a missing or mismatched animeceleb dataset fails here, naming the field
+        res = cluster_resources()
+        gpus = 0 if cfg.training.device == "cpu" else int(res.get("GPU", 0))
+        # Each trainer gets one GPU when there are any (the engine then runs DeepSpeed), else one CPU;
+        # the three trainers are independent and run side by side.
+        train = dict(num_cpus=1, num_gpus=1 if gpus else 0)
 
-    with step_options(num_cpus=1):
-        bridge = steps.bridge.submit(cfg).result()
-    with step_options(**train):
-        edtn = steps.edtn.submit(cfg, bridge)
-        gen = steps.generator.submit(cfg)
-        reg = steps.regressor.submit(cfg)
-        edtn, gen, reg = edtn.result(), gen.result(), reg.result()
-    with step_options(num_cpus=1):
-        report_dir = steps.report.submit(cfg, bridge, edtn, gen, reg).result()
+        with step_options(num_cpus=1):
+            bridge = steps.bridge.submit(cfg).result()
+        with step_options(**train):
+            edtn = steps.edtn.submit(cfg, bridge)
+            gen = steps.generator.submit(cfg)
+            reg = steps.regressor.submit(cfg)
+            edtn, gen, reg = edtn.result(), gen.result(), reg.result()
+        with step_options(num_cpus=1):
+            report_dir = steps.report.submit(cfg, bridge, edtn, gen, reg).result()
 
-    table_md = (Path(report_dir) / "table.md").read_text()
-    dvc = record_outputs("reenact")
-    pics = ", ".join(f"`{Path(report_dir) / n}`" for n in ("cross_domain.png", "cross_domain.mp4", "self_reenactment.png"))
-    publish_report("reenact", table_md, dvc, extra_md=f"Outputs: {pics}")
-    return {"report": str(report_dir), "table": table_md, "dvc": dvc}
+        table_md = (Path(report_dir) / "table.md").read_text()
+        dvc = record_outputs("reenact")
+        pics = ", ".join(f"`{Path(report_dir) / n}`" for n in ("cross_domain.png", "cross_domain.mp4", "self_reenactment.png"))
+        publish_report("reenact", table_md, dvc, extra_md=f"Outputs: {pics}")
+        return {"report": str(report_dir), "table": table_md, "dvc": dvc}
