@@ -53,12 +53,10 @@ def s3nas(config: S3NASConfig = load_config("s3nas", S3NASConfig)) -> dict:
             rand = steps.random_search.submit(cfg, data, lut, threads=threads, use_gpu=bool(gpus))
             ours, rand, est = ours.result(), rand.result(), est.result()
         with step_options(num_cpus=0):
-            scaled = {
-                "s3nas": steps.scale.submit(cfg, "s3nas", ours, est),
-                "random_search": steps.scale.submit(cfg, "random_search", rand, est),
-                "hand_designed": steps.scale.submit(cfg, "hand_designed", None, est),
-            }
-            scaled = {k: v.result() for k, v in scaled.items()}
+            # One after another: each holds a set of NPU simulator actors while it confirms, and
+            # two steps each holding part of their set can wait on each other for the CPUs forever.
+            scaled = {k: steps.scale.submit(cfg, k, src, est).result()
+                      for k, src in (("s3nas", ours), ("random_search", rand), ("hand_designed", None))}
         with step_options(**train):
             finals = {k: steps.train_final.submit(cfg, k, d, data, est, remove_se=(k == "s3nas"), threads=threads,
                                                   use_gpu=bool(gpus)) for k, d in scaled.items()}

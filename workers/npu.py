@@ -30,6 +30,9 @@ class NPUSimulator:
         return self.cache.simulations
 
 
+ACTOR_START_TIMEOUT_S = 20.0
+
+
 def simulate_layers(layers: list, npu, cache_root: str, workers: int) -> int:
     """Fill the cache for ``layers`` (NPULayer objects) on ``workers`` actors; returns how
     many SCALE-Sim runs were made. Without a running Ray it simulates in-process."""
@@ -43,14 +46,23 @@ def simulate_layers(layers: list, npu, cache_root: str, workers: int) -> int:
         for layer in todo:
             cache.simulate(layer)
         return len(todo)
-    # Largest layers first, dealt round-robin, so the actors finish together.
-    todo.sort(key=lambda l: -l.macs)
     n = min(workers, len(todo))
-    shards = [[l.to_dict() for l in todo[i::n]] for i in range(n)]
     actors = [NPUSimulator.options(num_cpus=1).remote(npu.model_dump(), str(cache_root)) for _ in range(n)]
     try:
-        ray.get([a.simulate.remote(s) for a, s in zip(actors, shards)])
-        return sum(ray.get([a.simulations.remote() for a in actors]))
+        # Use the actors that get a CPU soon. Waiting for all of them could wait forever: two
+        # steps that each got one of their two actors would hold the CPUs the other needs.
+        pings = {a.simulations.remote(): a for a in actors}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=ACTOR_START_TIMEOUT_S)
+        live = [pings[r] for r in ready]
+        if not live:  # the cluster is full: simulate here rather than wait
+            for layer in todo:
+                cache.simulate(layer)
+            return len(todo)
+        # Largest layers first, dealt round-robin, so the actors finish together.
+        todo.sort(key=lambda l: -l.macs)
+        shards = [[l.to_dict() for l in todo[i::len(live)]] for i in range(len(live))]
+        ray.get([a.simulate.remote(sh) for a, sh in zip(live, shards)])
+        return sum(ray.get([a.simulations.remote() for a in live]))
     finally:
         for a in actors:
             ray.kill(a)
