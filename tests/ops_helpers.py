@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from typing import Iterator
 
 import yaml
 
+from prefect_helpers import free_port
+
 BIN = Path(sys.executable).parent
 #: the smallest real `animeceleb` run: two anime identities, toon only, 32², three shards
 TINY_ANIMECELEB = {
@@ -20,12 +21,6 @@ TINY_ANIMECELEB = {
     "sequences_per_identity": 0, "resolution": 32, "samples": 1, "frames_per_shard": 2,
     "test_fraction": 0.5, "contact_sheet_samples": 4, "workers": 2,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sh(*cmd: str, cwd: Path | None = None, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -122,6 +122,17 @@ def paperline_serve(prefect_yaml: Path, api_url: str, data: Path, log_path: Path
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def wait_for_deployment(client, name: str, log: Path, timeout: float = 90.0):
+    """The deployment ``flow/deployment`` once ``serve`` has registered it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.read_deployment_by_name(name)
+        except Exception:
+            assert time.monotonic() < deadline, "serve never registered the deployment:\n" + tail(log)
+            time.sleep(1)
+
+
 def tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]

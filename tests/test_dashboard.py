@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from flows import FLOWS
-from prefect_helpers import TINY_ANIMECELEB, local_prefect_server, paperline_serve, tail, write_prefect_yaml
+from prefect_helpers import (TINY_ANIMECELEB, local_prefect_server, paperline_serve, tail, wait_for_deployment,
+                             write_prefect_yaml)
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium as root in a sandbox with a closed network (see shared machine notes); Playwright
@@ -57,14 +58,7 @@ def test_a_custom_run_from_the_dashboard_form_completes_with_the_typed_parameter
     with local_prefect_server(tmp_path / "prefect_home") as url, \
             paperline_serve(prefect_yaml, url, data, tmp_path / "serve.log"), \
             temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 90
-        dep = None
-        while dep is None:
-            try:
-                dep = client.read_deployment_by_name(f"{spec.name}/{DEPLOYMENT}")
-            except Exception:
-                assert time.monotonic() < deadline, "serve never registered the deployment:\n" + tail(tmp_path / "serve.log")
-                time.sleep(1)
+        dep = wait_for_deployment(client, f"{spec.name}/{DEPLOYMENT}", tmp_path / "serve.log")
         ui = url.rsplit("/api", 1)[0]
 
         with sync_playwright() as pw:

@@ -12,7 +12,8 @@ from flows import FLOWS
 from tasks.common.artifacts import PROJECT_ROOT
 from tasks.common.config import load_config
 from tasks.common.deployments import load_deployments, read_deployments
-from prefect_helpers import TINY_ANIMECELEB, local_prefect_server, paperline_serve, tail, write_prefect_yaml
+from prefect_helpers import (TINY_ANIMECELEB, local_prefect_server, paperline_serve, tail, wait_for_deployment,
+                             write_prefect_yaml)
 
 
 def entrypoint(spec) -> str:
@@ -64,14 +65,7 @@ def test_a_cron_schedule_fires_by_itself_and_its_run_completes(tmp_path):
         t_server = time.monotonic() - t0
         with paperline_serve(prefect_yaml, url, data, tmp_path / "serve.log"), \
                 temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            deadline = time.monotonic() + 90
-            dep = None
-            while dep is None:
-                try:
-                    dep = client.read_deployment_by_name(f"{spec.name}/animeceleb-every-minute")
-                except Exception:
-                    assert time.monotonic() < deadline, "serve never registered the deployment:\n" + tail(tmp_path / "serve.log")
-                    time.sleep(1)
+            dep = wait_for_deployment(client, f"{spec.name}/animeceleb-every-minute", tmp_path / "serve.log")
             t_served = time.monotonic() - t0
             assert dep.schedules[0].active and dep.schedules[0].schedule.cron == "* * * * *"
             # nothing here creates a run: wait for the scheduler's one to complete
