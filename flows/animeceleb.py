@@ -17,11 +17,12 @@ from prefect import flow
 
 from tasks.animeceleb import steps
 from tasks.animeceleb.config import AnimeCelebConfig
+from tasks.animeceleb.report import summary_table
 from tasks.common.artifacts import read_json
 from tasks.common.config import load_config
 from tasks.common.locks import run_lock
 from tasks.common.runner import cluster_resources, make_task_runner, step_options
-from tasks.common.versioning import markdown_table, publish_report, record_outputs
+from tasks.common.versioning import publish_report, record_outputs
 
 PURPOSE = "AnimeCeleb-style data: procedural anime heads + anny human heads rendered by Blender workers"
 
@@ -50,10 +51,7 @@ def animeceleb(config: AnimeCelebConfig = load_config("animeceleb", AnimeCelebCo
             data = steps.dataset.submit(cfg, plan, shards, models.result()).result()
 
         stats = read_json(Path(data) / "stats.json")
-        rows = [{"domain": d, **{k: v for k, v in s.items() if not isinstance(v, list)}} for d, s in stats["by_domain"].items()]
-        r = stats["render"]
-        table = markdown_table(rows) + (f"\n\nRendered {r['frames_rendered']} frames in {r['wall_seconds']:.1f} s "
-                                        f"({r['frames_per_second']:.2f} frames/s, {r['workers']} workers).")
+        table = summary_table(stats)
         dvc = record_outputs("animeceleb")
         sheets = ", ".join(f"`{Path(data) / 'contact_sheets' / n}`" for n in stats["contact_sheets"])
         publish_report("animeceleb", table, dvc, extra_md=f"Contact sheets: {sheets}")

@@ -46,3 +46,13 @@ def label_stats(manifest: pd.DataFrame) -> dict:
             "roll_range": [float(g["roll"].min()), float(g["roll"].max())],
         }
     return out
+
+
+def summary_table(stats: dict) -> str:
+    """The flow's report: one row per domain, then the render throughput."""
+    from tasks.common.versioning import markdown_table
+
+    rows = [{"domain": d, **{k: v for k, v in s.items() if not isinstance(v, list)}} for d, s in stats["by_domain"].items()]
+    r = stats["render"]
+    return markdown_table(rows) + (f"\n\nRendered {r['frames_rendered']} frames in {r['wall_seconds']:.1f} s "
+                                   f"({r['frames_per_second']:.2f} frames/s, {r['workers']} workers).")

@@ -58,12 +58,12 @@ def clear_temporaries(out_dir: Path | str) -> int:
 
 def render_rows(scene, rows: list[dict[str, Any]], workdir: Path) -> list[Path]:
     """Render ``rows`` (one identity) with a :class:`BlenderScene`; PNG paths in row order."""
-    head: MorphModel | None = None
+    head, head_seed = None, None
     paths = []
     for row in rows:
-        if head is None or head.meta.get("_seed") != row["identity_seed"]:
-            head = build_head(row["domain"], int(row["identity_seed"]))
-            head.meta["_seed"] = row["identity_seed"]
+        if row["identity_seed"] != head_seed:
+            head_seed = row["identity_seed"]
+            head = build_head(row["domain"], int(head_seed))
         scene.load(head, row["style"], resolution=int(row["resolution"]), key=(row["identity"], row["identity_seed"]))
         path = workdir / row["member"]
         scene.render(path, weights=np.asarray(row["weights"], np.float32), yaw=row["yaw"], pitch=row["pitch"],
