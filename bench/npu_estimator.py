@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -30,10 +29,10 @@ if str(ROOT) not in sys.path:
 
 from tasks.s3nas.config import NPUConfig, SupernetConfig  # noqa: E402
 from tasks.s3nas.estimator import LatencyEstimator, mape  # noqa: E402
+from tasks.s3nas.lut import fit_scales  # noqa: E402
 from tasks.s3nas.npu import SimCache, network_cycles  # noqa: E402
-from tasks.s3nas.scaling import finish  # noqa: E402
-from tasks.s3nas.space import network_layers, random_arch, scaled_supernet, search_space_layers  # noqa: E402
-from tasks.s3nas.steps import HELDOUT_RESOLUTIONS, HELDOUT_WIDTHS, fit_scales  # noqa: E402
+from tasks.s3nas.space import network_layers, scaled_supernet, search_space_layers  # noqa: E402
+from tasks.s3nas.validation import heldout_archs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,11 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         est = LatencyEstimator.fit(rows, npu)
         fit_s = time.perf_counter() - t0
 
-        rng = random.Random(args.seed + 7)
-        nets = []
-        for i in range(args.networks):
-            a = random_arch(scaled_supernet(sn, rng.choice(HELDOUT_WIDTHS), rng.choice(HELDOUT_RESOLUTIONS)), rng, name=f"net{i}")
-            nets.append(finish(a, 0.25) if i % 2 else a)
+        nets = heldout_archs(sn, args.networks, args.seed, se_ratio=0.25)  # the flow's held-out networks
         results = []
         for a in nets:
             net = network_layers(a)
@@ -89,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_vs_cold_cache": sim_total / est_total, "speedup_vs_scalesim_as_run": as_run_total / est_total,
         "per_network": results,
     }
-    print(f"{'network':8} {'sim µs':>9} {'est µs':>9} {'err %':>7} {'new layers':>10} {'sim s':>7} {'est ms':>7}")
+    print(f"{'network':10} {'sim µs':>9} {'est µs':>9} {'err %':>7} {'new layers':>10} {'sim s':>7} {'est ms':>7}")
     for r in results:
-        print(f"{r['name']:8} {r['sim_us']:9.1f} {r['est_us']:9.1f} {r['err_pct']:7.2f} {r['new_layer_fraction']:10.2f} "
+        print(f"{r['name']:10} {r['sim_us']:9.1f} {r['est_us']:9.1f} {r['err_pct']:7.2f} {r['new_layer_fraction']:10.2f} "
               f"{r['sim_seconds_cold']:7.2f} {1e3 * r['estimate_seconds']:7.3f}")
     print(f"MAPE {summary['mape_pct']:.2f} % (max {summary['max_abs_err_pct']:.2f} %) on {len(results)} held-out networks; "
           f"estimator {est_total * 1e3:.1f} ms vs simulation {sim_total:.1f} s cold-cache "

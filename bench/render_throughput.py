@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tasks.animeceleb.config import AnimeCelebConfig
     from tasks.animeceleb.sampling import build_plan
-    from tasks.common.runner import ray_init_kwargs
+    from flows.platform.runner import ray_init_kwargs
     from workers.blender import render_shards
 
     a = parse_args(argv)
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
             for n in a.workers:
                 with tempfile.TemporaryDirectory(prefix="render-bench-") as tmp:
                     t0 = time.perf_counter()
-                    stats = render_shards(shards, tmp, workers=n, threads=1)
+                    # the pool's scratch (Blender's temp files) is a sibling of the output: inside tmp
+                    stats = render_shards(shards, Path(tmp) / "shards", workers=n, threads=1)
                     wall = time.perf_counter() - t0
                 busy = max(w["seconds"] for w in stats["per_worker"])
                 rows.append({"resolution": res, "workers": n, "frames": stats["frames"], "wall_s": round(wall, 2),

@@ -5,6 +5,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.common.config import ConfigError
+
 
 @dataclass(frozen=True)
 class FlowSpec:
@@ -42,8 +44,12 @@ FLOWS: dict[str, FlowSpec] = {
 }
 
 
+class UnknownFlowError(ConfigError, LookupError):
+    """A flow name that is not in :data:`FLOWS` (a configuration error: the CLI exits 2)."""
+
+
 def get_flow(name: str) -> FlowSpec:
     try:
         return FLOWS[name]
     except KeyError:
-        raise KeyError(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}") from None
+        raise UnknownFlowError(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}") from None

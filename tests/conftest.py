@@ -43,7 +43,7 @@ def prefect_server():
 def ray_local(prefect_server):
     import ray
 
-    from tasks.common.runner import ray_init_kwargs
+    from flows.platform.runner import ray_init_kwargs
 
     if not ray.is_initialized():
         ray.init(**ray_init_kwargs(None))
@@ -64,7 +64,7 @@ def toy_flow(tmp_path_factory, prefect_server):
     def start(name: str, overrides: list[str]):
         from flows import get_flow
         from tasks.common.config import load_config
-        from tasks.common.runner import make_task_runner, ray_init_kwargs
+        from flows.platform.runner import make_task_runner, ray_init_kwargs
 
         spec = get_flow(name)
         root = tmp_path_factory.mktemp("data")

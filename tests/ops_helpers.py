@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent
 TINY_ANIMECELEB = {
     "identities": 2, "domains": ["anime"], "styles": ["toon"], "frames_per_identity": 2,
     "sequences_per_identity": 0, "resolution": 32, "samples": 1, "frames_per_shard": 2,
-    "test_fraction": 0.5, "contact_sheet_samples": 4, "workers": 2,
+    "test_fraction": 0.5, "contact_sheet_samples": 4,
+    "resources": {"device": "auto", "cpus_per_step": 0, "workers": 2, "threads_per_worker": 1},
 }
 
 
@@ -38,11 +39,22 @@ def flow_env(data: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def make_dvc_repo(root: Path, flow: str = "animeceleb", params: dict | None = None) -> Path:
-    """A git + DVC repo whose one stage runs a paperline flow with this repo's params.yaml."""
+def project_stage(flow: str) -> dict:
+    """The project's own ``dvc.yaml`` stage for ``flow``, minus its code deps (they are files of
+    the project, not of a throwaway repo): the outputs, metrics and plots a real run records."""
+    from tasks.common.artifacts import PROJECT_ROOT
+
+    stage = dict(yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"][flow])
+    stage.pop("deps", None)
+    return stage
+
+
+def make_dvc_repo(root: Path, flow: str = "animeceleb", params: dict | None = None, stage: dict | None = None) -> Path:
+    """A git + DVC repo whose one stage runs a paperline flow with this repo's params.yaml
+    (``stage``: that stage's definition, by default a small one for ``animeceleb``)."""
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump({flow: params or TINY_ANIMECELEB}, sort_keys=False))
-    stage = {
+    stage = stage or {
         "cmd": f"{BIN / 'paperline'} run {flow} --params params.yaml",
         "params": [flow],
         "outs": [{f"data/{flow}/plan": {"persist": True}}, {f"data/{flow}/shards": {"persist": True}},

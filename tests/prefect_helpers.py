@@ -23,9 +23,11 @@ from tasks.common.artifacts import PROJECT_ROOT
 BIN = Path(sys.executable).parent
 
 #: the smallest real ``animeceleb`` run: two anime identities, toon only, 32², one Blender worker
+#: (``resources`` spelt out whole: a form sends every field of the section back)
 TINY_ANIMECELEB = {
     "identities": 2, "frames_per_identity": 1, "sequences_per_identity": 0, "resolution": 32,
-    "samples": 1, "domains": ["anime"], "styles": ["toon"], "workers": 1, "contact_sheet_samples": 2,
+    "samples": 1, "domains": ["anime"], "styles": ["toon"], "contact_sheet_samples": 2,
+    "resources": {"device": "auto", "cpus_per_step": 0, "workers": 1, "threads_per_worker": 1},
 }
 
 

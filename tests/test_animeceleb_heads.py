@@ -8,8 +8,8 @@ from tasks.animeceleb.anime_head import AnimeIdentity, build_anime_head
 from tasks.animeceleb.camera import CameraSpec, posed_vertices
 from tasks.animeceleb.config import AnimeCelebConfig
 from tasks.animeceleb.meshkit import outline_shell
-from tasks.animeceleb.morph_model import MorphModel
-from tasks.animeceleb.morphs import ANIME_MORPH_NAMES, HUMAN_MORPH_NAMES
+from tasks.common.morphs import MorphModel
+from tasks.common.morphs import ANIME_MORPH_NAMES, HUMAN_MORPH_NAMES
 from tasks.animeceleb.sampling import EXCLUSIVE, build_plan
 
 

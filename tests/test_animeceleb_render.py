@@ -86,7 +86,7 @@ def test_a_frame_rerendered_from_its_label_and_seed_is_pixel_identical(scene, an
 
 @pytest.mark.parametrize("which", ["anime", "human"])
 def test_the_npz_morph_model_reproduces_blenders_evaluated_mesh(scene, anime, human, tmp_path, which):
-    from tasks.animeceleb.morph_model import MorphModel
+    from tasks.common.morphs import MorphModel
 
     model = MorphModel.load((anime if which == "anime" else human).save(tmp_path / f"{which}.npz"))
     scene.load(model, "default", resolution=RES)

@@ -43,7 +43,7 @@ def check_complete(data: Path) -> pd.DataFrame:
 
 
 def render_log(data: Path) -> list[dict]:
-    return json.loads((data / "animeceleb" / "shards" / "render_runs.json").read_text())
+    return json.loads((data / "animeceleb" / "render_log" / "runs.json").read_text())
 
 
 def run_cli(data: Path, **popen) -> subprocess.Popen:
@@ -60,7 +60,7 @@ def test_killing_a_ray_worker_mid_step_is_survived_by_a_flow_retry(prefect_serve
 
     from flows.animeceleb import animeceleb
     from tasks.animeceleb.config import AnimeCelebConfig
-    from tasks.common.runner import make_task_runner, ray_init_kwargs
+    from flows.platform.runner import make_task_runner, ray_init_kwargs
 
     data = tmp_path / "data"
     monkeypatch.setenv("PAPERLINE_DATA", str(data))

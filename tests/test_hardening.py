@@ -16,7 +16,7 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.slow
 def test_the_prefect_server_binds_loopback(tmp_path, monkeypatch):
-    from tasks.common import prefect_server
+    from flows.platform import prefect_server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -32,7 +32,7 @@ def test_the_prefect_server_binds_loopback(tmp_path, monkeypatch):
 def test_the_ray_dashboard_binds_loopback_when_enabled(monkeypatch):
     import ray
 
-    from tasks.common.runner import ray_init_kwargs
+    from flows.platform.runner import ray_init_kwargs
 
     monkeypatch.setenv("PAPERLINE_RAY_DASHBOARD", "1")
     port = free_port()
@@ -50,7 +50,7 @@ def test_the_ray_dashboard_binds_loopback_when_enabled(monkeypatch):
 
 
 def test_the_dashboard_is_off_by_default(monkeypatch):
-    from tasks.common.runner import ray_init_kwargs
+    from flows.platform.runner import ray_init_kwargs
 
     monkeypatch.delenv("PAPERLINE_RAY_DASHBOARD", raising=False)
     assert ray_init_kwargs(None)["include_dashboard"] is False

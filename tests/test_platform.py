@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tasks.common.artifacts import (
-    PROJECT_ROOT, atomic_path, cache_key, cached_step, fingerprint_path, is_complete, write_json,
+    PROJECT_ROOT, atomic_path, cache_key, cached_step, is_complete, write_json,
 )
 from tasks.common.config import ConfigError, load_config, parse_overrides
 
@@ -62,18 +62,17 @@ def test_a_crashed_step_is_redone_and_leaves_no_partial_output(tmp_path):
 def test_cache_key_depends_on_config_inputs_and_code(tmp_path):
     f = tmp_path / "in.txt"
     f.write_text("a")
-    base = cache_key(step="s", config={"a": 1}, inputs=[f], code=["tasks/common/artifacts.py"])
-    assert base == cache_key(step="s", config={"a": 1}, inputs=[f], code=["tasks/common/artifacts.py"])
-    assert base != cache_key(step="s", config={"a": 2}, inputs=[f], code=["tasks/common/artifacts.py"])
-    assert base != cache_key(step="s", config={"a": 1}, inputs=[f], code=["tasks/common/config.py"])
+    base = cache_key(step="s", config={"a": 1}, inputs=[f], code="v1")
+    assert base == cache_key(step="s", config={"a": 1}, inputs=[f], code="v1")
+    assert base != cache_key(step="s", config={"a": 2}, inputs=[f], code="v1")
+    assert base != cache_key(step="s", config={"a": 1}, inputs=[f], code="v2")
     f.write_text("b")
-    assert base != cache_key(step="s", config={"a": 1}, inputs=[f], code=["tasks/common/artifacts.py"])
+    assert base != cache_key(step="s", config={"a": 1}, inputs=[f], code="v1")
 
 
-def test_a_finished_step_folder_is_fingerprinted_by_its_key(tmp_path):
-    with cached_step(tmp_path / "s", "abc") as tmp:
-        (tmp / "big").write_bytes(b"0" * 10)
-    assert fingerprint_path(tmp_path / "s") == "step:abc"
+def test_cache_key_outside_a_step_must_name_its_code():
+    with pytest.raises(RuntimeError, match="code="):
+        cache_key(step="s", config={})
 
 
 # ----------------------------------------------------------------------------- configs
@@ -98,6 +97,68 @@ def test_every_shipped_params_section_validates():
                 assert {k: dumped[key][k] for k in value} == value
             else:
                 assert dumped[key] == value, key
+
+
+def _shipped_configs() -> list[tuple[str, str, str, object]]:
+    """(where, flow, kind, payload) of every config this repository ships or tells people to
+    type: params.yaml's sections, prefect.yaml's deployments, and each documented command's
+    ``--set`` / ``dvc exp run -S`` overrides (README, Makefile, dvc.yaml)."""
+    import re
+
+    from flows import FLOWS
+
+    found: list[tuple[str, str, str, object]] = [("params.yaml", f, "params", None) for f in FLOWS]
+    for dep in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]:
+        path, fn = dep["entrypoint"].split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        flow = next((s.name for s in FLOWS.values() if (s.module, s.function) == (module, fn)), dep["entrypoint"])
+        found.append((f"prefect.yaml:{dep['name']}", flow, "deployment", dep))
+    value = r"[^\s`'\"]+"
+    for doc in ("README.md", "Makefile", "dvc.yaml"):
+        for lineno, line in enumerate((PROJECT_ROOT / doc).read_text().splitlines(), 1):
+            for m in re.finditer(rf"paperline run (\w+)((?: --set(?: [\w.]+={value})+)+)", line):
+                sets = re.findall(rf"[\w.]+={value}", m.group(2))
+                found.append((f"{doc}:{lineno}", m.group(1), "overrides", sets))
+            exp = re.findall(rf"-S (\w+)\.([\w.]+={value})", line)
+            for flow in dict.fromkeys(f for f, _ in exp):
+                found.append((f"{doc}:{lineno}", flow, "overrides", [kv for f, kv in exp if f == flow]))
+    return found
+
+
+def _subset(filed, dumped, where=""):
+    """Every value written in the file is the value the config holds (no silent coercion)."""
+    if isinstance(filed, dict):
+        for k, v in filed.items():
+            _subset(v, dumped[k], f"{where}.{k}")
+    else:
+        assert dumped == filed, where
+
+
+@pytest.mark.parametrize("where, flow, kind, payload", _shipped_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_shipped_config_validates(where, flow, kind, payload):
+    """torchtune's rule: a config the repository ships (or its docs tell people to type) loads."""
+    import inspect
+
+    from flows import FLOWS
+
+    assert flow in FLOWS, f"{where} names {flow!r}, which is not a flow"
+    spec = FLOWS[flow]
+    cls = spec.load_config_class()
+    shipped = load_config(flow, cls)
+    if kind == "params":
+        _subset(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())[flow], shipped.model_dump(mode="json"), flow)
+    elif kind == "overrides":
+        load_config(flow, cls, overrides=payload)
+    else:
+        prefect_flow = spec.load_flow()
+        params = payload.get("parameters") or {}
+        assert set(params) <= {"config"}, f"{where}: the flows take one parameter, config"
+        if params:
+            # Prefect hands the whole dict to the model: unset fields get the model's defaults,
+            # not params.yaml's, so a deployment must spell out what differs from the code.
+            assert isinstance(prefect_flow.validate_parameters(params)["config"], cls)
+        # with no parameters the form opens on params.yaml's values
+        assert inspect.signature(prefect_flow.fn).parameters["config"].default == shipped
 
 
 @pytest.mark.parametrize(
@@ -145,14 +206,14 @@ def test_cli_run_rejects_a_bad_value_with_exit_code_2(capsys):
     from flows.cli import main
 
     assert main(["run", "stun", "--set", "sparsities=[1.5]"]) == 2
-    assert "stun.sparsities" in capsys.readouterr().out
+    assert capsys.readouterr().err.startswith("stun.sparsities: ")
 
 
 def test_cli_unknown_flow_is_a_clear_error(capsys):
     from flows.cli import main
 
     assert main(["show", "nope"]) == 2
-    assert "unknown flow 'nope'" in capsys.readouterr().out
+    assert "unknown flow 'nope'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- DVC + Prefect files
@@ -172,7 +233,7 @@ def test_dvc_yaml_has_a_stage_per_flow_running_its_cli():
 
 def test_prefect_yaml_has_a_deployment_per_flow_with_an_inactive_cron():
     from flows import FLOWS
-    from tasks.common.deployments import read_deployments
+    from flows.platform.deployments import read_deployments
 
     deps = read_deployments(PROJECT_ROOT / "prefect.yaml")
     entries = {d["entrypoint"] for d in deps}
@@ -183,7 +244,7 @@ def test_prefect_yaml_has_a_deployment_per_flow_with_an_inactive_cron():
 
 
 def test_deployments_build_with_their_schedules():
-    from tasks.common.deployments import load_deployments
+    from flows.platform.deployments import load_deployments
 
     deps = load_deployments(PROJECT_ROOT / "prefect.yaml")
     assert {d.name for d in deps} >= {"stun-weekly"}

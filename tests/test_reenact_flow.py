@@ -8,7 +8,8 @@ import os
 import pytest
 
 ANIMECELEB = ["identities=2", "frames_per_identity=3", "sequences_per_identity=1", "sequence_length=3", "resolution=48",
-              "samples=2", "frames_per_shard=8", "contact_sheet_samples=4", "workers=2", "styles=[default]"]
+              "samples=2", "frames_per_shard=8", "contact_sheet_samples=4", "resources.workers=2",
+              "styles=[default]"]
 REENACT = ["edtn.steps=60", "edtn.batch=64", "edtn.hidden=64", "edtn.eval_expressions=32", "generator.image_size=32",
            "generator.steps=40", "generator.channels=8", "generator.descriptor=16", "generator.depth=2",
            "regressor.steps=30", "regressor.channels=8", "eval_pairs=8", "training.checkpoint_every=20",
@@ -25,7 +26,7 @@ def toy_run(tmp_path_factory, prefect_server):
     from flows.reenact import reenact
     from tasks.animeceleb.config import AnimeCelebConfig
     from tasks.common.config import load_config
-    from tasks.common.runner import make_task_runner, ray_init_kwargs
+    from flows.platform.runner import make_task_runner, ray_init_kwargs
     from tasks.reenact.config import ReenactConfig
 
     root = tmp_path_factory.mktemp("data")

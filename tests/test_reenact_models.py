@@ -62,8 +62,8 @@ def test_landmarks_open_and_close_the_way_the_morphs_say(heads):
 
 
 def test_bridge_maps_anime_morphs_onto_the_human_blendshapes_that_mean_the_same(bridge):
-    from tasks.animeceleb.morphs import ANIME_MORPH_NAMES as A
-    from tasks.animeceleb.morphs import HUMAN_MORPH_NAMES as H
+    from tasks.common.morphs import ANIME_MORPH_NAMES as A
+    from tasks.common.morphs import HUMAN_MORPH_NAMES as H
 
     B = bridge[0]
     assert B.shape == (17, 52)

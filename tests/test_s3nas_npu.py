@@ -119,3 +119,47 @@ def test_layer_mapping_shapes():
     net = network_layers(smallest_arch(SupernetConfig()))
     assert all(n >= 1 for _, n in net)
     assert NPULayer.from_dict(l.to_dict()) == l
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    import ray
+
+    from flows.platform.runner import ray_init_kwargs
+
+    ray.shutdown()
+    ray.init(**{**ray_init_kwargs(None), "num_cpus": 2})
+    yield
+    ray.shutdown()
+
+
+def test_a_killed_simulator_is_replaced_and_every_layer_lands_in_the_cache_once(ray_two_cpus, tmp_path):
+    """The NPU pool (workers.pool.run_pool): SIGKILL a simulator while it runs a layer — the
+    layer is simulated again on a fresh actor, nothing is lost, no layer is stored twice."""
+    import json
+    import os
+    import signal
+    import threading
+
+    from workers.npu import simulate_layers
+
+    layers = [conv_layer(h, c, 2 * c, 3, 1) for h in (10, 12, 14) for c in (8, 12, 16, 20)]
+    killed: list[int] = []
+    pids: list[int] = []
+
+    def kill_first_worker(name, res):
+        pids.append(res["pid"])
+        if not killed:  # after its first layer, kill that worker while it works on its next one
+            killed.append(res["pid"])
+            threading.Timer(0.05, os.kill, (res["pid"], signal.SIGKILL)).start()
+
+    runs = simulate_layers(layers, NPU, str(tmp_path), workers=2, on_done=kill_first_worker)
+    assert killed and len(pids) == len(layers)
+    stored = sorted((tmp_path / NPU.key()).glob("*.json"))
+    assert [p.name for p in stored if p.name != "npu.json"] == sorted(f"{l.key()}.json" for l in layers)
+    assert all(json.loads(p.read_text())["cycles"] > 0 for p in stored if p.name != "npu.json")
+    assert len(layers) - 1 <= runs <= len(layers)  # a layer the killed worker had just stored is not redone
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    # and a second call finds everything cached: no pool, no simulation
+    assert simulate_layers(layers, NPU, str(tmp_path), workers=2) == 0

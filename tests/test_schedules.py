@@ -3,7 +3,11 @@ dashboard form is its pydantic config, and a cron schedule served by ``paperline
 against a real local Prefect server fires by itself and its run completes."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
+import urllib.request
 from datetime import timezone
 
 import pytest
@@ -11,9 +15,9 @@ import pytest
 from flows import FLOWS
 from tasks.common.artifacts import PROJECT_ROOT
 from tasks.common.config import load_config
-from tasks.common.deployments import load_deployments, read_deployments
-from prefect_helpers import (TINY_ANIMECELEB, local_prefect_server, paperline_serve, tail, wait_for_deployment,
-                             write_prefect_yaml)
+from flows.platform.deployments import load_deployments, read_deployments
+from prefect_helpers import (BIN, TINY_ANIMECELEB, free_port, local_prefect_server, paperline_serve, stop, tail,
+                             wait_for_deployment, write_prefect_yaml)
 
 
 def entrypoint(spec) -> str:
@@ -91,3 +95,49 @@ def test_a_cron_schedule_fires_by_itself_and_its_run_completes(tmp_path):
     assert len(manifest) == 4 and set(manifest["style"]) == {"toon"} and set(manifest["domain"]) == {"anime"}
     print(f"\nserver up {t_server:.0f}s, deployment served {t_served:.0f}s, scheduled run "
           f"{done.name} (expected {done.expected_start_time:%H:%M:%S}) completed {t_done:.0f}s after start; states {states}")
+
+
+def deployment_names(api_url: str) -> set[str]:
+    req = urllib.request.Request(api_url + "/deployments/filter", data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return {d["name"] for d in json.loads(r.read())}
+    except OSError:
+        return set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_plain_paperline_serve_registers_every_deployment_on_the_local_server(tmp_path):
+    """The README's form, `paperline serve` with no PREFECT_API_URL exported: it starts (or reuses)
+    the local server and registers prefect.yaml's deployments there, not on a temporary server."""
+    from flows.platform.prefect_server import server_home
+
+    port, home = free_port(), tmp_path / "prefect_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PAPERLINE_PREFECT_PORT=str(port), PREFECT_HOME=str(home), PAPERLINE_DATA=str(tmp_path / "data"),
+               PYTHONUNBUFFERED="1")
+    expected = {d["name"] for d in read_deployments(PROJECT_ROOT / "prefect.yaml")}
+    url = f"http://127.0.0.1:{port}/api"
+    log_path = tmp_path / "serve.log"
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BIN / "paperline"), "serve"], cwd=PROJECT_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        seen: set[str] = set()
+        while seen != expected:
+            assert proc.poll() is None, f"paperline serve exited {proc.returncode}:\n" + tail(log_path)
+            assert time.monotonic() - t0 < 300, f"listed on :{port}: {sorted(seen)}\n" + tail(log_path)
+            time.sleep(2)
+            seen = deployment_names(url) & expected
+        served = time.monotonic() - t0
+        assert server_home(url) == home.resolve()  # the server paperline started, state in PREFECT_HOME
+    finally:
+        stop(proc)
+        subprocess.run([str(BIN / "paperline"), "server", "--stop"], env=env, capture_output=True, timeout=60)
+    text = log_path.read_text(errors="replace")
+    assert "temporary server" not in text.lower() and "database is locked" not in text, tail(log_path)
+    print(f"\npaperline serve (no PREFECT_API_URL): {len(seen)} deployments listed by the server on :{port} "
+          f"after {served:.0f}s: {sorted(seen)}")

@@ -30,12 +30,124 @@ def test_a_folder_without_config_is_not_a_checkpoint(tmp_path):
         _load(f"model={tmp_path}")
 
 
-def test_an_unknown_moe_layout_is_refused(tmp_path):
+def _tiny_moe(path, *, experts: int = 4, top_k: int = 2):
+    """A complete Mixtral-layout checkpoint folder: config, safetensors weights, tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, MixtralConfig
+
+    from tasks.stun.tokenizer import train_bpe
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=2, num_local_experts=experts,
+                        num_experts_per_tok=top_k, max_position_embeddings=64)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    train_bpe(["to be or not to be", "1+2=3. #### 3"] * 20, 300).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    return _tiny_moe(tmp_path_factory.mktemp("moe"))
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_complete_moe_folder_is_accepted(tiny_moe):
+    cfg = _load(f"model={tiny_moe}")
+    assert cfg.experts_and_top_k() == (4, 2)
+
+
+def test_a_truncated_weight_file_is_refused_at_validation_in_milliseconds(tiny_moe, tmp_path):
+    import time
+
+    bad = _copy(tiny_moe, tmp_path / "m")
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"stun\.model: model\.safetensors is truncated"):
+        _load(f"model={bad}")
+    assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "config.json").write_text("{ not json"), r"config\.json is not valid JSON"),
+    (lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00"), r"config\.json is not valid JSON"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), r"must hold a JSON object"),
+    (lambda d: (d / "model.safetensors").unlink(), r"no safetensors weights"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 4), r"too short for a safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}"), r"not a safetensors file"),
+    (lambda d: [(d / f).unlink() for f in ("tokenizer.json",)], r"has no tokenizer"),
+])
+def test_a_damaged_model_folder_is_refused_naming_stun_model(tiny_moe, tmp_path, damage, message):
+    bad = _copy(tiny_moe, tmp_path / "m")
+    damage(bad)
+    with pytest.raises(ConfigError, match=r"stun\.model: .*" + message) as e:
+        _load(f"model={bad}")
+    assert "Traceback" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"num_local_experts": 0}, r"num_local_experts=0"),
+    ({"num_local_experts": 1}, r"num_local_experts=1"),
+    ({"num_experts_per_tok": 0}, r"num_experts_per_tok=0 with 4 experts"),
+    ({"num_experts_per_tok": 5}, r"num_experts_per_tok=5 with 4 experts"),
+])
+def test_inconsistent_expert_counts_are_blamed_on_stun_model_not_the_budget(tiny_moe, tmp_path, edit, message):
     import json
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mixtral", "num_local_experts": 4}))
-    cfg = _load(f"model={tmp_path}")  # a known family loads
-    assert cfg.experts_and_top_k() == (4, 2)
+    bad = _copy(tiny_moe, tmp_path / "m")
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ConfigError, match=r"stun\.model: .*" + message) as e:
+        _load(f"model={bad}")
+    assert "expert_fraction" not in str(e.value)
+
+
+def test_pickled_weights_are_refused_with_the_reason(tiny_moe, tmp_path):
+    bad = _copy(tiny_moe, tmp_path / "m")
+    (bad / "model.safetensors").rename(bad / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"stun\.model: .*pickled weights"):
+        _load(f"model={bad}")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("lambda1=.inf", "stun.lambda1"),
+    ("lambda2=.nan", "stun.lambda2"),
+    ("owl_M=.inf", "stun.owl_M"),
+    ("sparsities=[.nan]", "stun.sparsities"),
+    ("zoo.lr=.inf", "stun.zoo.lr"),
+    ("calib_samples=100000000", "stun.calib_samples"),
+    ("calib_seq_len=100000000", "stun.calib_seq_len"),
+    ("calib_samples=4096", "stun.calib_samples"),  # 4096 x 128 is fine, x 512 is not
+    ("eval_ppl_tokens=1000000000", "stun.eval_ppl_tokens"),
+    ("eval_problems=10000000", "stun.eval_problems"),
+    ("naee_max_combinations=1000000000000", "stun.naee_max_combinations"),
+    ("resources.workers=100000", "stun.resources.workers"),
+    ("zoo.seq_len=1000000", "stun.zoo.seq_len"),
+    ("zoo.threads=0", "stun.zoo.threads"),
+    ("seed=-1", "stun.seed"),
+])
+def test_non_finite_and_runaway_values_are_refused_naming_the_field(override, field):
+    extra = ["calib_seq_len=512"] if override == "calib_samples=4096" else []
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        _load(override, *extra)
+    if extra:
+        assert _load(override).calib_samples == 4096
+
+
+def test_device_and_cpus_live_in_the_shared_resources_section():
+    with pytest.raises(ConfigError, match=r"stun\.device"):
+        _load("device=cpu")
+    with pytest.raises(ConfigError, match=r"stun\.profile_workers"):
+        _load("profile_workers=2")
+    cfg = _load("resources.device=cpu", "resources.workers=3")
+    assert (cfg.resources.device, cfg.resources.workers) == ("cpu", 3)
 
 
 @pytest.mark.parametrize("override, field", [

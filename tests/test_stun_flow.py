@@ -9,8 +9,8 @@ TOY = [
     "zoo.layers=2", "zoo.experts=4", "zoo.hidden=32", "zoo.intermediate=64", "zoo.heads=2", "zoo.kv_heads=2",
     "zoo.steps=30", "zoo.seq_len=64", "zoo.batch_size=8", "zoo.vocab_size=384",
     "zoo.n_train_problems=400", "zoo.n_heldout_problems=40",
-    "sparsities=[0.5]", "export_sparsity=0.5", "calib_samples=8", "calib_seq_len=32",
-    "eval_ppl_tokens=512", "eval_problems=8", "profile_workers=2",
+    "sparsities=[0.5]", "export_sparsity=0.5", "calib_samples=16", "calib_seq_len=32",
+    "eval_ppl_tokens=512", "eval_problems=8", "resources.workers=2",
 ]
 
 
@@ -37,9 +37,19 @@ def test_the_flow_writes_every_variant_with_measured_sparsity(toy_run):
 def test_profiling_sharded_over_two_actors_counts_its_forward_passes(toy_run):
     root, cfg, _, _ = toy_run
     prof = json.loads((root / "stun" / "profile" / "profile.json").read_text())
-    assert prof["workers"] == 2
-    assert prof["forward_passes"] == 2  # 8 sequences, 2 shards of 4, batch 8: one pass each
+    assert prof["workers"] == 2 and prof["shards"] == 2 and prof["shards_reused"] == 0
+    assert prof["forward_passes"] == 2  # 16 sequences, batches of 8, one batch per shard
     assert prof["tokens"] == cfg.calib_samples * cfg.calib_seq_len
+    assert prof["workers_replaced"] == 0 and prof["failures"] == []
+
+
+def test_no_temp_or_scratch_folder_is_left_behind(toy_run):
+    root, *_ = toy_run
+    left = [p for p in (root / "stun").rglob("*") if p.name.endswith((".tmp", ".old"))]
+    assert left == []
+    assert not (root / "stun" / "zoo_train").exists() and not (root / "stun" / "profile_shards").exists()
+    assert (root / "stun" / "report" / ".step.json").is_file() and (root / "stun" / "pruned" / ".step.json").is_file()
+    assert not (root / "stun" / "pruned" / ".source.json").exists()
 
 
 def test_the_exported_checkpoint_loads_in_stock_transformers_and_reproduces_its_perplexity(toy_run):

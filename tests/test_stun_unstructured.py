@@ -12,7 +12,7 @@ from torch import nn
 
 from tasks.stun.adapters import adapter_for
 from tasks.stun.checkpoint import EXPERTS_PER_LAYER, load_checkpoint, save_checkpoint
-from tasks.stun.streaming import measure_sparsity, prune_checkpoint_streaming, streaming_logits
+from tasks.stun.streaming import measure_sparsity, prune_checkpoint_streaming, pruning_steps, streaming_logits
 from tasks.stun.unstructured import (
     PRUNING_METHODS,
     ExpertInputStats,
@@ -249,7 +249,9 @@ def test_streaming_reaches_the_requested_total_sparsity_and_loads(family, method
     assert [r["zeros"] for r in rep["layers"]] == [r["zeros"] for r in measured["layers"]]
     L = len(rep["layers"])
     assert rep["forward_passes"] == {"wanda": 2 * L - 1, "owl": 3 * L - 1, "magnitude": 0}[method]
-    assert steps[-1][0] == steps[-1][1]
+    # the progress total the step creates its bar with is the one the pruner counts to
+    assert [i for i, _ in steps] == list(range(1, pruning_steps(src, method) + 1))
+    assert {n for _, n in steps} == {pruning_steps(src, method)} == {L * (2 if method == "owl" else 1)}
     if method == "owl":
         asked = rep["layer_sparsities_asked"]
         assert sum(asked) / L == pytest.approx(0.3, abs=1e-6)

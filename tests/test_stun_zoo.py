@@ -392,3 +392,128 @@ def test_load_model_names_a_missing_path(tmp_path: Path):
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match="nope"):
         load_model(missing)
+
+
+# ---------------------------------------------------------------------------- reproducibility and resume
+
+
+def test_first_losses_are_pinned(tiny_model):
+    """Initialisation, data order and the loss are a function of the config: these numbers move
+    only when the maths, the data or the batch order changes (tolerance: kernel rounding)."""
+    _, metrics, steps, losses = tiny_model
+    assert steps[:4] == [1, 2, 3, 4]  # the engine reports every step
+    assert losses[:4] == pytest.approx([5.75831, 5.740844, 5.698238, 5.621891], rel=2e-4)
+    assert metrics["resumed_from_step"] == 0 and metrics["threads"] == 1
+
+
+_TRAIN_CHILD = """
+import hashlib, json, sys, time
+from pathlib import Path
+import torch
+from tasks.stun.zoo import ZooConfig, train_zoo
+cfg = ZooConfig(**json.loads(sys.argv[1]))
+torch.set_num_threads(cfg.threads)  # what the zoo step does
+out, ckpt, slow = Path(sys.argv[3]), (Path(sys.argv[4]) if sys.argv[4] else None), float(sys.argv[5])
+m = train_zoo(cfg, Path(sys.argv[2]), out, lambda *a: time.sleep(slow), device="cpu", eval_ppl_tokens=512,
+              eval_problems=2, checkpoint_dir=ckpt, checkpoint_every=5)
+print(json.dumps({"sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
+                  "resumed_from_step": m["resumed_from_step"], "threads": m["threads"]}))
+"""
+
+
+def _train_child(tiny_corpus: Path, out: Path, ckpt: Path | None = None, slow: float = 0.0, **over):
+    import os
+    import subprocess
+    import sys
+
+    cfg = {**TINY, "steps": 20, "threads": 2, **over}
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-c", _TRAIN_CHILD, json.dumps(cfg), str(tiny_corpus), str(out), str(ckpt or ""), str(slow)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc) -> dict:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(tiny_corpus, tmp_path_factory) -> dict[str, dict]:
+    """Three fresh interpreters, one after another (side by side their OpenMP threads would spin
+    against each other on a small machine): two with the same config, one with another thread count."""
+    d = tmp_path_factory.mktemp("fresh")
+    return {"a": _result(_train_child(tiny_corpus, d / "a")), "b": _result(_train_child(tiny_corpus, d / "b")),
+            "one_thread": _result(_train_child(tiny_corpus, d / "one", threads=1))}
+
+
+def test_two_fresh_processes_train_bit_identical_weights(fresh_runs):
+    a, b = fresh_runs["a"], fresh_runs["b"]
+    assert a["sha256"] == b["sha256"] and a["threads"] == b["threads"] == 2
+
+
+def test_the_thread_count_is_part_of_the_result_so_the_config_fixes_it(fresh_runs):
+    """Why ``zoo.threads`` exists: another thread count rounds differently and gives other weights.
+    (If this ever fails with equal hashes, torch made its CPU kernels thread-invariant.)"""
+    assert fresh_runs["one_thread"]["threads"] == 1
+    assert fresh_runs["one_thread"]["sha256"] != fresh_runs["a"]["sha256"]
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(fresh_runs, tiny_corpus, tmp_path):
+    """SIGKILL after a checkpoint; the rerun resumes from it (batches are a function of the step)
+    and ends with exactly the uninterrupted run's weights."""
+    import signal
+    import time
+
+    ckpt = tmp_path / "ckpt"
+    proc = _train_child(tiny_corpus, tmp_path / "c", ckpt, slow=0.1)
+    deadline = time.monotonic() + 300
+    while not (ckpt / "step_00000010" / "meta.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the child ended"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+    resumed = _result(_train_child(tiny_corpus, tmp_path / "c", ckpt))
+    assert 10 <= resumed["resumed_from_step"] < 20
+    assert resumed["sha256"] == fresh_runs["a"]["sha256"]
+
+
+# ---------------------------------------------------------------------------- a user's model is read, not trusted
+
+
+def test_a_truncated_copy_of_a_trained_model_is_refused_and_a_damaged_one_is_never_reused(tiny_model, tiny_corpus,
+                                                                                         tmp_path):
+    """Issue 11 probe 3: copy the zoo folder, truncate model.safetensors to half, run stun with
+    model=<copy>: refused at validation and at the model step, naming stun.model; a same-size
+    corruption passes the header check but changes the content fingerprint, so no step keyed
+    on the intact model (calibration, profile, every table) is reused for it."""
+    import shutil
+
+    from tasks.common.artifacts import cache_key
+    from tasks.common.config import ConfigError, load_config
+    from tasks.stun import steps
+    from tasks.stun.config import StunConfig
+
+    out, *_ = tiny_model
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cfg = load_config("stun", StunConfig, overrides=[f"model={copy}"])
+    key_intact = cache_key(step="calibration", config={}, inputs=[copy], code="same code")
+
+    weights = copy / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(ConfigError, match=r"stun\.model: model\.safetensors is truncated"):
+        load_config("stun", StunConfig, overrides=[f"model={copy}"])
+    with pytest.raises(ConfigError, match=r"stun\.model: model\.safetensors is truncated"):
+        steps.prepare_model.fn(cfg, tiny_corpus)  # the folder changed after validation
+
+    flipped = bytearray(intact)
+    flipped[-4096:] = bytes(255 - x for x in flipped[-4096:])  # tensor bytes, not the header
+    weights.write_bytes(bytes(flipped))
+    load_config("stun", StunConfig, overrides=[f"model={copy}"])  # a well-formed file...
+    assert cache_key(step="calibration", config={}, inputs=[copy], code="same code") != key_intact  # ...read as new
+    weights.write_bytes(intact)
+    assert cache_key(step="calibration", config={}, inputs=[copy], code="same code") == key_intact

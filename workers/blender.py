@@ -3,27 +3,38 @@
 ``bpy`` is one Blender per process, so parallel rendering means processes: each
 :class:`BlenderWorker` imports ``bpy`` once, keeps its scene between frames of the same head,
 and resets it (factory settings) between identities. :func:`render_shards` spreads shards over
-a pool of them. A worker that dies (crash, OOM, ``kill -9``, its node removed) is replaced by a
-new actor, wherever the cluster has room, and the shard it held goes back in line. Shards are
-written atomically and a finished one is never redone, so the result has every frame exactly
-once whatever fails on the way.
+a pool of them (:func:`workers.pool.run_pool`): a worker that dies (crash, OOM, ``kill -9``,
+its node removed) is replaced by a new actor wherever the cluster has room, and the shard it
+held goes back in line. Shards are written atomically and a finished one is skipped, so the
+result has every frame exactly once whatever fails on the way.
+
+Blender keeps a session temp folder (``blender_XXXXXX``) that it removes only on a clean exit,
+and pool actors end by being killed: so each worker's temp files (Blender's and the PNGs of the
+shard in progress) live in a scratch folder beside the output, ``.<out>.workers.tmp/``, which
+the pool removes when it ends and the flow's start-of-run sweep removes after a crash.
 """
 from __future__ import annotations
 
 import os
-import time
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-WORKER_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+from .pool import run_pool
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class BlenderWorker:
-    def __init__(self, threads: int = 1, device: str = "cpu"):
+    def __init__(self, threads: int = 1, device: str = "cpu", scratch: str | None = None):
+        if scratch:
+            # Before bpy is imported: Blender makes its session temp folder under $TMPDIR.
+            Path(scratch).mkdir(parents=True, exist_ok=True)
+            own = tempfile.mkdtemp(prefix=f"worker-{os.getpid()}-", dir=scratch)
+            os.environ["TMPDIR"] = own
+            tempfile.tempdir = own
         from tasks.animeceleb.blender_scene import BlenderScene
 
         self.scene = BlenderScene(threads=threads, device=device)
@@ -31,10 +42,20 @@ class BlenderWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def tempdir(self) -> str:
+        """Where this process's Blender keeps its temp files (tests check it is the scratch)."""
+        return self.scene.bpy.app.tempdir
+
     def render_shard(self, shard: str, rows: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
         from tasks.animeceleb.shards import render_shard
 
         return {**render_shard(self.scene, shard, rows, out_dir), "node": ray.get_runtime_context().get_node_id()}
+
+
+def scratch_dir(out_dir: Path | str) -> Path:
+    """The pool's temp folder: a hidden ``.tmp`` sibling of the output (swept at flow start)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.workers.tmp"
 
 
 def render_shards(
@@ -45,99 +66,54 @@ def render_shards(
     threads: int = 1,
     num_gpus: float = 0,
     max_attempts: int = 4,
-    on_done: Callable[[dict[str, Any], list], None] | None = None,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Render every shard not yet on disk; return per-worker and per-shard statistics.
 
-    ``on_done(result, actors)`` is called after each finished shard (progress; tests use it to
-    kill a worker mid-run).
+    ``on_done(result)`` is called in the driver after each finished shard (the render step
+    records the shard there; progress; tests use it to kill a worker mid-run).
     """
     from tasks.animeceleb.shards import clear_temporaries, is_done
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_temporaries(out_dir)
-    todo = [s for s in shards if not is_done(out_dir, s)]
+    todo = {s: rows for s, rows in shards.items() if not is_done(out_dir, s)}
     skipped = len(shards) - len(todo)
     device = "cuda" if num_gpus else "cpu"
-    n = max(1, min(workers, len(todo))) if todo else 0
+    scratch = scratch_dir(out_dir)
 
     def start() -> Any:
-        return BlenderWorker.options(num_cpus=threads, num_gpus=num_gpus).remote(threads, device)
+        return BlenderWorker.options(num_cpus=threads, num_gpus=num_gpus).remote(threads, device, str(scratch))
 
-    actors = [start() for _ in range(n)]
-    # A slot takes work once its actor answers; a replacement may wait for resources (its node
-    # is gone and the others are busy) without holding up the rest of the pool.
-    starting: dict[Any, int] = {a.pid.remote(): i for i, a in enumerate(actors)}
-    idle: list[int] = []
-    attempts: dict[str, int] = {}
-    running: dict[Any, tuple[str, int]] = {}
-    per_worker: dict[int, dict[str, float]] = {}
-    results, failures, replaced = [], [], 0
-    nodes: set[str] = set()
-    queue = list(todo)
-    t0 = time.perf_counter()
-
-    def submit(slot: int) -> None:
-        shard = queue.pop(0)
-        attempts[shard] = attempts.get(shard, 0) + 1
-        if attempts[shard] > max_attempts:
-            raise RuntimeError(f"shard {shard} failed {max_attempts} times; last error: {failures[-1] if failures else '?'}")
-        running[actors[slot].render_shard.remote(shard, shards[shard], str(out_dir))] = (shard, slot)
-
-    def replace(slot: int) -> None:
-        nonlocal replaced
-        ray.kill(actors[slot], no_restart=True)
-        actors[slot] = start()
-        starting[actors[slot].pid.remote()] = slot
-        replaced += 1
-
-    while queue or running:
-        while queue and idle:
-            submit(idle.pop())
-        ready, _ = ray.wait(list(running) + list(starting), num_returns=1)
-        ref = ready[0]
-        if ref in starting:
-            slot = starting.pop(ref)
-            try:
-                ray.get(ref)
-                idle.append(slot)
-            except WORKER_ERRORS:
-                replace(slot)
+    try:
+        pool = run_pool(start, todo, lambda actor, shard, rows: actor.render_shard.remote(shard, rows, str(out_dir)),
+                        size=workers, max_attempts=max_attempts,
+                        on_done=(lambda _shard, res: on_done(res)) if on_done else None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # every actor is dead by now
+        clear_temporaries(out_dir)  # what killed workers left half-written
+    results = list(pool.results.values())
+    per_worker = []
+    for slot in pool.per_slot:
+        done = [pool.results[s] for s in slot.jobs]
+        if not done:  # a slot whose actor never got room on the cluster
             continue
-        shard, slot = running.pop(ref)
-        try:
-            res = ray.get(ref)
-        except WORKER_ERRORS as e:  # the process or its node died: a new worker, the shard back in line
-            failures.append(f"{shard}: {type(e).__name__}")
-            queue.insert(0, shard)
-            replace(slot)
-            continue
-        results.append(res)
-        nodes.add(res["node"])
-        w = per_worker.setdefault(slot, {"frames": 0, "seconds": 0.0, "shards": 0})
-        w["frames"] += res["frames"]
-        w["seconds"] += res["seconds"]
-        w["shards"] += 1
-        idle.append(slot)
-        if on_done:
-            on_done(res, actors)
-    wall = time.perf_counter() - t0
-    for a in actors:
-        ray.kill(a, no_restart=True)
-    clear_temporaries(out_dir)  # what killed workers left behind
+        frames, seconds = sum(r["frames"] for r in done), sum(r["seconds"] for r in done)
+        per_worker.append({"worker": slot.slot, "frames": frames, "seconds": seconds, "shards": len(done),
+                           "frames_per_second": frames / seconds if seconds else 0.0})
     frames = sum(r["frames"] for r in results)
+    wall = pool.wall_seconds
     return {
         "shards_rendered": len(results),
         "shards_skipped": skipped,
-        "shards_redone": len(failures),
-        "workers_replaced": replaced,
-        "failures": failures,
+        "shards_redone": len(pool.failures),
+        "workers_replaced": pool.replaced,
+        "failures": pool.failures,
         "frames": frames,
         "wall_seconds": wall,
         "frames_per_second": frames / wall if wall > 0 and frames else 0.0,
-        "workers": n,
-        "nodes": sorted(nodes),
-        "per_worker": [{"worker": k, **v, "frames_per_second": v["frames"] / v["seconds"] if v["seconds"] else 0.0}
-                       for k, v in sorted(per_worker.items())],
+        "workers": len(pool.per_slot),
+        "nodes": sorted({r["node"] for r in results}),
+        "per_worker": per_worker,
     }

@@ -5,7 +5,7 @@ mouth, nose and blush are painted-on parts — flat shapes laid onto the face su
 of a millimetre above it, as anime models do — and hair is real geometry: a cap, bangs, side
 locks and a style-dependent back (short, bob, long, ponytail, twin tails, spiky), each strand a
 swept flat tube. Every morph is a target position for the painted parts it moves, so the mesh
-is a linear morph model (:class:`~tasks.animeceleb.morph_model.MorphModel`) whose shape keys
+is a linear morph model (:class:`~tasks.common.morphs.MorphModel`) whose shape keys
 Blender evaluates exactly as :meth:`MorphModel.evaluate` does.
 
 Coordinates: metres, Z up, the face looks along -Y, the eye midpoint at (0, ·, ``Z_EYE``).
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.common.morphs import ANIME_MORPH_NAMES, Material, MorphModel
+
 from .meshkit import MeshBuilder, ellipse, fan, grid_faces, ribbon, tube
-from .morph_model import Material, MorphModel
-from .morphs import ANIME_MORPH_NAMES
 
 Z_EYE = 0.13  # shared with the human heads: both domains put the eyes at the same height
 HAIR_STYLES = ("short", "bob", "long", "ponytail", "twintails", "spiky")

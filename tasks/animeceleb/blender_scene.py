@@ -1,7 +1,7 @@
 """The Blender side: a scene for one head in one style, and frames rendered from labels.
 
 Imported only inside a process that owns ``bpy`` (a :mod:`workers.blender` actor or a test).
-The head's :class:`~tasks.animeceleb.morph_model.MorphModel` becomes one mesh with one relative
+The head's :class:`~tasks.common.morphs.MorphModel` becomes one mesh with one relative
 shape key per morph, parented to a head rig (an empty at the neck joint) that carries the
 pose. Two styles, as in AnimeCeleb: ``default`` (Principled BSDF, three area lights) and
 ``toon`` (cel shading — the N·L term quantised to two tones, emitted flat — plus a black
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.common.morphs import Material, MorphModel
+
 from .camera import CameraSpec, pose_euler
 from .meshkit import outline_shell
-from .morph_model import Material, MorphModel
 
 STYLES = ("default", "toon")
 OUTLINE_PX = 1.6  # toon outline width in pixels, at any resolution
@@ -273,6 +274,7 @@ class BlenderScene:
         scene.render.filepath = str(path)
         with _quiet_stdout():  # Blender prints a "Saved: ..." line per frame
             self.bpy.ops.render.render(write_still=True)
+        strip_png_metadata(path)
         return Path(path)
 
     def evaluated_vertices(self) -> np.ndarray:
@@ -284,6 +286,31 @@ class BlenderScene:
         mesh.vertices.foreach_get("co", co)
         ev.to_mesh_clear()
         return co.reshape(-1, 3)
+
+
+#: PNG chunks that carry metadata, not pixels: text (Blender's date, render time, Cycles timings),
+#: modification time and EXIF
+_METADATA_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf"}
+
+
+def strip_png_metadata(path: Path | str) -> None:
+    """Drop a PNG's metadata chunks in place, keeping its pixel data byte for byte.
+
+    Blender stamps the wall-clock date and render timings into every PNG (Cycles adds its own
+    even with every ``use_stamp_*`` off), so two renders of the same label would differ in
+    bytes — and so in the shards' DVC hashes. Without them, a re-render is byte-identical.
+    """
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path}: not a PNG")
+    out, pos = [data[:8]], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length  # length, type, data, CRC
+        if data[pos + 4:pos + 8] not in _METADATA_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+    Path(path).write_bytes(b"".join(out))
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Both domains are framed by one pinhole camera looking along +Y at the eyes' height, and posed
 by one head rig: a rotation about the neck joint (the head model's ``pivot``), with the angle
-conventions of :data:`~tasks.animeceleb.morphs.POSE_CONVENTION`. Projection here lets tests and
+conventions of :data:`~tasks.common.morphs.POSE_CONVENTION`. Projection here lets tests and
 later flows find where a vertex lands in the image without Blender.
 """
 from __future__ import annotations

@@ -17,10 +17,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from tasks.common.morphs import HUMAN_MORPH_NAMES, Material, MorphModel
+
 from .anime_head import Z_EYE
 from .meshkit import MeshBuilder, grid_faces, vertex_normals
-from .morph_model import Material, MorphModel
-from .morphs import HUMAN_MORPH_NAMES
 
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 SKIN = [(0.95, 0.78, 0.68), (0.87, 0.67, 0.53), (0.72, 0.52, 0.38), (0.55, 0.37, 0.25), (0.4, 0.27, 0.18)]

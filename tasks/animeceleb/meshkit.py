@@ -2,7 +2,7 @@
 
 No Blender here: a head is assembled as arrays (vertices, triangles, per-face material, and
 per-morph target positions) by :class:`MeshBuilder`, which yields a
-:class:`~tasks.animeceleb.morph_model.MorphModel`. Blender only displays the result, so the
+:class:`~tasks.common.morphs.MorphModel`. Blender only displays the result, so the
 geometry is testable and the exported morph model is, by construction, what was rendered.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .morph_model import Material, MorphModel
+from tasks.common.morphs import Material, MorphModel
 
 
 def grid_faces(rows: int, cols: int, *, wrap: bool) -> np.ndarray:

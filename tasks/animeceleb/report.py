@@ -48,9 +48,24 @@ def label_stats(manifest: pd.DataFrame) -> dict:
     return out
 
 
+def render_stats(runs: list[dict]) -> dict:
+    """Render throughput over the runs that made the current shards (a resumed render has several)."""
+    worked = [r for r in runs if r["frames"]] or [{"frames_per_second": 0.0, "workers": 0, "per_worker": []}]
+    last = worked[-1]  # the latest run that rendered anything: its pool is the one to report
+    return {
+        "wall_seconds": sum(r["wall_seconds"] for r in runs),
+        "frames_rendered": sum(r["frames"] for r in runs),
+        "frames_per_second": last["frames_per_second"],
+        "workers": last["workers"],
+        "per_worker": last["per_worker"],
+        "shards_redone_after_worker_loss": sum(r["shards_redone"] for r in runs),
+        "runs": len(runs),
+    }
+
+
 def summary_table(stats: dict) -> str:
     """The flow's report: one row per domain, then the render throughput."""
-    from tasks.common.versioning import markdown_table
+    from tasks.common.tables import markdown_table
 
     rows = [{"domain": d, **{k: v for k, v in s.items() if not isinstance(v, list)}} for d, s in stats["by_domain"].items()]
     r = stats["render"]

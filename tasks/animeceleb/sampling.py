@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.common.morphs import MORPHS_BY_DOMAIN
+
 from .camera import CameraSpec
 from .config import AnimeCelebConfig
-from .morphs import MORPHS_BY_DOMAIN
 
 #: anime morphs of which a frame activates at most one (they shape the same feature)
 EXCLUSIVE = [

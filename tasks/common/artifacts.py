@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -31,6 +32,19 @@ def step_dir(flow: str, step: str) -> Path:
     return data_root() / flow / step
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def readable(path: Path) -> Path:
+    """Give a temp file/folder the mode a normal file would have (``mkstemp``/``mkdtemp``
+    create them 0600/0700, and the rename keeps that: teammates could not read the output)."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    return path
+
+
 @contextmanager
 def atomic_path(final: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only on success."""
@@ -42,6 +56,7 @@ def atomic_path(final: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+    readable(tmp)
     try:
         yield tmp
         if is_dir:
@@ -61,6 +76,25 @@ def atomic_path(final: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def sweep_temps(root: Path | str) -> list[Path]:
+    """Remove what interrupted atomic writes left under ``root`` (``.name.XXXX.tmp``, ``.name.old``).
+
+    Only safe while no writer is active there: flows call it at start, under their run lock.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
+        if p.name.endswith(".tmp") or (p.name.endswith(".old") and p.is_dir()):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def write_json(path: Path | str, obj: Any) -> Path:
@@ -86,75 +120,125 @@ def _json_default(o: Any) -> Any:
 
 # ---------------------------------------------------------------------------- fingerprints
 
+#: file digests already computed in this process, keyed by what would change with the content
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digest(f: Path) -> str:
+    """sha256 of a file's bytes (memoised per process on path, inode, size and mtime)."""
+    st = f.stat()
+    memo = (str(f.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]
+
+
+def content_files(path: Path) -> list[Path]:
+    """The files that make up an artifact (a file, or a folder's non-hidden files)."""
+    if path.is_file():
+        return [path]
+    # Hidden names are bookkeeping (step markers, piece records, temp leftovers), not content.
+    return sorted(p for p in path.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def file_manifest(path: Path | str) -> dict[str, list[Any]]:
+    """``{relative path: [size, sha256]}`` of an artifact's content files."""
+    path = Path(path)
+    return {str(f.relative_to(path)) if path.is_dir() else f.name: [f.stat().st_size, file_digest(f)]
+            for f in content_files(path)}
+
 
 def fingerprint_path(path: Path | str) -> str:
-    """Stable digest of an input. A finished step folder is identified by its cache key;
-    anything else (a user's checkpoint) by the names, sizes and contents of its files."""
+    """Digest of an input computed from its content: names, sizes and bytes of its files.
+
+    Never from a marker found inside it: a marker says what a folder *was*, not what it is
+    now (a truncated weight file beside an intact ``.step.json`` must not pass as the model).
+    """
     path = Path(path)
-    marker = path / MARKER
-    if marker.is_file():
-        return "step:" + read_json(marker)["key"]
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(_file_digest(f).encode())
+    for name, (size, digest) in sorted(file_manifest(path).items()):
+        h.update(f"{name}\0{size}\0{digest}\n".encode())
     return h.hexdigest()
 
 
-def _file_digest(f: Path) -> str:
-    st = f.stat()
-    if st.st_size > 256 * 2**20:  # big weight shards: size + mtime is enough and avoids reading GBs
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    return hashlib.sha256(f.read_bytes()).hexdigest()
+#: the code fingerprint of the step running in this context (set by ``tasks.common.steps.step``)
+CURRENT_STEP: ContextVar[Any] = ContextVar("paperline_current_step", default=None)
 
 
-def fingerprint_code(packages: Iterable[str]) -> str:
-    """Digest of the Python sources of the given packages (e.g. ``tasks/stun``)."""
-    h = hashlib.sha256()
-    for pkg in sorted(packages):
-        root = PROJECT_ROOT / pkg
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for f in files:
-            h.update(str(f.relative_to(PROJECT_ROOT)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
+def cache_key(*, step: str, config: Any, inputs: Iterable[Path | str] = (), code: str | None = None) -> str:
+    """Key of a step's outputs: its name, config, the content of its inputs and its code.
 
-
-def cache_key(*, step: str, config: Any, inputs: Iterable[Path | str] = (), code: Iterable[str] = ()) -> str:
+    ``code`` defaults to the running step's derived import closure
+    (:func:`tasks.common.codehash.code_fingerprint`).
+    """
+    if code is None:
+        ctx = CURRENT_STEP.get()
+        if ctx is None:
+            raise RuntimeError("cache_key outside a @step needs code= (a tasks.common.codehash fingerprint)")
+        code = ctx.code
     cfg = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     blob = json.dumps(
-        {
-            "step": step,
-            "config": cfg,
-            "inputs": [fingerprint_path(p) for p in inputs],
-            "code": fingerprint_code(code),
-        },
+        {"step": step, "config": cfg, "inputs": [fingerprint_path(p) for p in inputs], "code": code},
         sort_keys=True,
         default=_json_default,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def verify(out_dir: Path | str, files: dict[str, list[Any]]) -> list[str]:
+    """Names of recorded files that are missing or differ in size or content."""
+    out_dir = Path(out_dir)
+    bad = []
+    for name, (size, digest) in files.items():
+        f = out_dir / name
+        if not f.is_file() or f.stat().st_size != size or file_digest(f) != digest:
+            bad.append(name)
+    return bad
+
+
 def is_complete(out_dir: Path | str, key: str) -> bool:
+    """The folder holds this key's outputs, every one as it was when written."""
     marker = Path(out_dir) / MARKER
-    return marker.is_file() and read_json(marker).get("key") == key
+    if not marker.is_file():
+        return False
+    try:
+        info = read_json(marker)
+    except (ValueError, OSError):
+        return False
+    if info.get("key") != key or "files" not in info:
+        return False
+    return not verify(out_dir, info["files"])
 
 
 def mark_complete(out_dir: Path | str, key: str, **info: Any) -> None:
-    """Written last: its presence is what makes a step folder count as done."""
-    write_json(Path(out_dir) / MARKER, {"key": key, **info})
+    """Written last: its presence (with every recorded file intact) makes a step folder done."""
+    write_json(Path(out_dir) / MARKER, {"key": key, "files": file_manifest(out_dir), **info})
+    note_reuse(False)
+
+
+def note_reuse(reused: bool) -> None:
+    ctx = CURRENT_STEP.get()
+    if ctx is not None:
+        ctx.reused = reused if ctx.reused is None else (ctx.reused and reused)
 
 
 @contextmanager
 def cached_step(out_dir: Path | str, key: str, **info: Any) -> Iterator[Path | None]:
-    """Run a step into a fresh temp folder unless ``out_dir`` already holds this key.
+    """Run a step into a fresh temp folder unless ``out_dir`` already holds this key, intact.
 
     Yields ``None`` when cached (skip the work), else the temp folder to fill; on success it is
-    renamed onto ``out_dir`` together with its marker.
+    renamed onto ``out_dir`` together with its marker (which records every file's size and hash).
     """
     out_dir = Path(out_dir)
     if is_complete(out_dir, key):
+        note_reuse(True)
         yield None
         return
     with atomic_path(out_dir, is_dir=True) as tmp:

@@ -35,7 +35,7 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_path, read_json, write_json
-from .config import FlowConfig
+from .config import ConfigSection
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ Backend = Literal["auto", "torch", "deepspeed", "ray"]
 CKPT_PREFIX = "step_"
 
 
-class TrainingConfig(FlowConfig):
+class TrainingConfig(ConfigSection):
     """How a recipe runs; what it computes is the recipe's business."""
 
     backend: Backend = "auto"
@@ -83,6 +83,16 @@ class Recipe(Protocol):
     def loss(self, name: str, models: dict[str, Callable], batch: dict[str, torch.Tensor],
              cache: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss that updates model ``name``; ``cache`` carries outputs between models of a step."""
+
+    # Optional hooks (looked up with getattr, so existing recipes need neither):
+    #
+    # def schedule(self, name: str, optimizer: torch.optim.Optimizer, step: int) -> None:
+    #     """Set model ``name``'s learning rates for ``step`` (a pure function of the step, so a
+    #     resumed run sets what the unbroken one did), before its loss is computed."""
+    #
+    # def grad_clip(self, name: str, step: int) -> float:
+    #     """Gradient-norm clip of model ``name`` at ``step`` (0 = off), overriding the config's
+    #     ``grad_clip`` for recipes whose clipping changes by phase; plain-torch backend only."""
 
 
 @dataclass
@@ -153,6 +163,20 @@ def load_weights(ckpt: Path | str, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(ckpt) / f"model-{name}.safetensors"))
 
 
+def _module_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 CPU copies of a module's state. Tied tensors (one storage under two names, e.g. a
+    language model's embedding and output head) get a copy each: safetensors refuses to write
+    tensors that share memory, and loading both names restores the tie's single value."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in module.state_dict().items():
+        t = v.detach().float().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
+
+
 class _Slot:
     """One model as the engine drives it: plain module + optimiser, or a DeepSpeed engine."""
 
@@ -171,7 +195,7 @@ class _Slot:
         """(fp32 weights, optimiser state tensors, optimiser scalars), full (not partitioned)."""
         weights, optim, scalars = {}, {}, {}
         if self.engine is None:
-            weights = {k: v.detach().float().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            weights = _module_weights(self.module)
             for pname, p in self.params():
                 for key, val in self.opt.state.get(p, {}).items():
                     if torch.is_tensor(val):
@@ -180,7 +204,7 @@ class _Slot:
             return weights, optim, scalars
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        weights = _module_weights(self.module)
         keys = self._ds_state_keys()
         self._ds_link()
         for pname, p in self.params():
@@ -388,6 +412,8 @@ def train_local(recipe: Recipe, cfg: TrainingConfig, ckpt_dir: Path, *, backend:
     autocast = backend == "torch" and precision == "bf16" and device.type == "cuda"
     cast_bf16 = backend == "deepspeed" and precision == "bf16"
     last_ckpt = latest
+    schedule = getattr(recipe, "schedule", None)
+    clip_at = getattr(recipe, "grad_clip", None)
     for step in range(start, recipe.steps):
         batch = recipe.batch(step, rank, device)
         if cast_bf16:
@@ -397,6 +423,8 @@ def train_local(recipe: Recipe, cfg: TrainingConfig, ckpt_dir: Path, *, backend:
         for s in slots:
             for o in slots:
                 o.module.requires_grad_(o is s)
+            if schedule is not None:
+                schedule(s.name, s.opt, step)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 loss, info = recipe.loss(s.name, forwards, batch, cache, step)
             if loss is None:
@@ -409,8 +437,9 @@ def train_local(recipe: Recipe, cfg: TrainingConfig, ckpt_dir: Path, *, backend:
             else:
                 s.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(s.module.parameters(), cfg.grad_clip)
+                clip = clip_at(s.name, step) if clip_at is not None else cfg.grad_clip
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_(s.module.parameters(), clip)
                 s.opt.step()
             logs.update({f"{s.name}/{k}": float(v) for k, v in info.items()})
         for s in slots:

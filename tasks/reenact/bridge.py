@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.animeceleb.morph_model import MorphModel
-from tasks.animeceleb.morphs import ANIME_MORPH_NAMES, HUMAN_MORPH_NAMES
+from tasks.common.morphs import ANIME_MORPH_NAMES, HUMAN_MORPH_NAMES, MorphModel
 
 SIDES = ("left", "right")  # the character's own left = +X
 COLUMNS = ("inner", "outer")

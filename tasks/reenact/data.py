@@ -5,8 +5,15 @@
   expressions**: no model sees those frames in training;
 * anime frames of one style at ``image_size`` (area-resampled from the render), kept in memory as
   uint8 — the toy datasets are a few hundred frames;
-* :class:`PairSampler`: self-reenactment pairs (source, driving) of one identity and one style;
+* :class:`ReenactData`: what every step reads, and which frames train and evaluate the models
+  (training identities minus held-out expressions; held-out identities; held-out expressions);
+* the 20-d AnimeCeleb pose (:func:`pose_vector`) and :class:`PairSampler`: self-reenactment pairs
+  (source, driving) of one identity and one style;
 * human expressions (ARKit weights) of the manifest, and the human driving sequences.
+
+Every read of a shard checks it is whole: an image the manifest names and the shard's tar does
+not deliver (a truncated or missing tar) is a :class:`~tasks.common.config.DataError` naming the
+shard — never a tensor left partly uninitialised.
 """
 from __future__ import annotations
 
@@ -19,14 +26,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.common.config import ConfigError
+from tasks.common.artifacts import MARKER, data_root, read_json
+from tasks.common.config import ConfigError, DataError
+
+from .config import ReenactConfig
 
 ANGLES = ["yaw", "pitch", "roll"]
+POSE_DIM = 20  # the AnimeCeleb pose: 17 morph weights + yaw, pitch, roll
+ANGLE_SCALE = 30.0  # degrees → the descriptor's input range ≈ [-1, 1]
+
+
+def pose_vector(weights: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """[N, 17] morphs + [N, 3] (yaw, pitch, roll) degrees → [N, 20] generator input."""
+    return torch.cat([weights, angles_deg / ANGLE_SCALE], -1)
 
 
 @dataclass(frozen=True)
 class DatasetPaths:
     root: Path
+
+    @classmethod
+    def of(cls, dataset: str) -> "DatasetPaths":
+        """The animeceleb outputs named by ``reenact.dataset`` (empty: this data root's)."""
+        return cls(Path(dataset) if dataset else data_root() / "animeceleb")
 
     @property
     def manifest(self) -> Path:
@@ -43,7 +65,7 @@ class DatasetPaths:
 
 def check_dataset(paths: DatasetPaths, n_anime: int = 17, n_human: int = 52, field: str = "dataset") -> pd.DataFrame:
     """The manifest, after checking everything the flow relies on; errors name the config field."""
-    from tasks.animeceleb.morph_model import MorphModel
+    from tasks.common.morphs import MorphModel
 
     if not paths.manifest.is_file():
         raise ConfigError(f"reenact.{field}: no animeceleb manifest at {paths.manifest}; "
@@ -65,7 +87,71 @@ def check_dataset(paths: DatasetPaths, n_anime: int = 17, n_human: int = 52, fie
         if not (rows.split == "test").any() or not (rows.split == "train").any():
             raise ConfigError(f"reenact.{field}: {domain} identities need both a train and a test split "
                               "(animeceleb identities >= 2 and test_fraction > 0)")
+    check_shards_present(paths, m, field)
     return m
+
+
+def check_shards_present(paths: DatasetPaths, manifest: pd.DataFrame, field: str = "dataset") -> None:
+    """Every shard the manifest names exists, at the size animeceleb recorded when it wrote it
+    (cheap: sizes only; the readers check every member they read)."""
+    recorded: dict[str, list] = {}
+    try:
+        recorded = read_json(paths.shards / MARKER).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        pass  # no record to compare with: the readers' checks still hold
+    for shard in sorted(manifest["shard"].unique()):
+        for name in (f"{shard}.tar", f"{shard}.parquet"):
+            f = paths.shards / name
+            if not f.is_file():
+                raise DataError(f"reenact.{field}: shard {shard} is missing {name} in {paths.shards}; "
+                                "rerun animeceleb to render it again")
+            if name in recorded and f.stat().st_size != recorded[name][0]:
+                raise DataError(f"reenact.{field}: shard {shard} is damaged ({name} is {f.stat().st_size} bytes, "
+                                f"written as {recorded[name][0]}); rerun animeceleb to render it again")
+
+
+def check_inputs(cfg: ReenactConfig) -> pd.DataFrame:
+    """Fail before any work when the animeceleb outputs are missing or do not fit (names the field)."""
+    return check_dataset(DatasetPaths.of(cfg.dataset))
+
+
+@dataclass
+class ReenactData:
+    """What every reenact step reads: the dataset's paths, its checked manifest, the held-out poses."""
+
+    paths: DatasetPaths
+    manifest: pd.DataFrame
+    heldout: set[str]
+
+    @classmethod
+    def open(cls, cfg: ReenactConfig) -> "ReenactData":
+        paths = DatasetPaths.of(cfg.dataset)
+        manifest = check_dataset(paths)
+        return cls(paths, manifest, heldout_poses(manifest, cfg.heldout_expression_fraction, cfg.seed))
+
+    @property
+    def labels(self) -> list[Path]:
+        """Inputs of every step's cache key: the manifest and the morph models."""
+        return [self.paths.manifest, self.paths.morph_models]
+
+    def train_frames(self, styles: list[str], size: int) -> "AnimeFrames":
+        """The anime frames models train on: training identities, held-out expressions left out."""
+        m = self.manifest
+        return AnimeFrames.load(self.paths, m[(m.split == "train") & ~m.pose_id.isin(self.heldout)], styles, size)
+
+    def test_identity_frames(self, styles: list[str], size: int) -> "AnimeFrames":
+        """Anime frames of the held-out identities (evaluation (b))."""
+        return AnimeFrames.load(self.paths, self.manifest[self.manifest.split == "test"], styles, size)
+
+    def heldout_expression_frames(self, styles: list[str], size: int) -> "AnimeFrames":
+        """Training identities' held-out expressions, with their basis frame as a source (evaluation (c))."""
+        m = self.manifest
+        rows = m[(m.split == "train") & ((m.kind == "basis") | m.pose_id.isin(self.heldout))]
+        return AnimeFrames.load(self.paths, rows, styles, size)
+
+    def human_identities(self, split: str) -> list[str]:
+        m = self.manifest
+        return sorted(m[(m.domain == "human") & (m.split == split)].identity.unique())
 
 
 def heldout_poses(manifest: pd.DataFrame, fraction: float, seed: int) -> set[str]:
@@ -81,20 +167,38 @@ def heldout_poses(manifest: pd.DataFrame, fraction: float, seed: int) -> set[str
 
 
 def load_images(shards_dir: Path, rows: pd.DataFrame, size: int) -> torch.Tensor:
-    """uint8 [N, 3, size, size] in the order of ``rows`` (one pass over each shard's tar)."""
+    """uint8 [N, 3, size, size] in the order of ``rows`` (one pass over each shard's tar).
+
+    Raises :class:`DataError` naming the shard when its tar is missing, unreadable or does not
+    hold every requested member (``tarfile`` ends a truncated archive silently).
+    """
     from PIL import Image
 
-    out = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
+    out = torch.zeros(len(rows), 3, size, size, dtype=torch.uint8)
     pos = {m: i for i, m in enumerate(rows.member)}
     for shard, g in rows.groupby("shard"):
-        want = set(g.member)
-        with tarfile.open(Path(shards_dir) / f"{shard}.tar") as tar:
-            for info in tar:
-                if info.name in want:
-                    img = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
-                    if img.size != (size, size):
-                        img = img.resize((size, size), Image.BOX)
-                    out[pos[info.name]] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        want, found = set(g.member), set()
+        tar_path = Path(shards_dir) / f"{shard}.tar"
+        try:
+            with tarfile.open(tar_path) as tar:
+                for info in tar:
+                    if info.name in want and info.name not in found:
+                        data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                        if len(data) != info.size:
+                            raise DataError(f"shard {shard}: {info.name} is cut short in {tar_path}")
+                        img = Image.open(io.BytesIO(data)).convert("RGB")
+                        if img.size != (size, size):
+                            img = img.resize((size, size), Image.BOX)
+                        out[pos[info.name]] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+                        found.add(info.name)
+        except FileNotFoundError:
+            raise DataError(f"shard {shard}: {tar_path} is missing; rerun animeceleb") from None
+        except (tarfile.TarError, EOFError, OSError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"shard {shard}: {tar_path} is damaged ({e}); rerun animeceleb") from None
+        if found != want:
+            missing = sorted(want - found)
+            raise DataError(f"shard {shard}: {len(missing)} of {len(want)} frames are not in {tar_path} "
+                            f"(e.g. {missing[0]}): the shard is truncated or damaged; rerun animeceleb")
     return out
 
 
@@ -127,8 +231,6 @@ class PairSampler:
     """Random (source, driving) pairs within one identity and style — Animo's self-reenactment."""
 
     def __init__(self, frames: AnimeFrames):
-        from .generator import pose_vector
-
         self.frames = frames
         self.groups = [torch.as_tensor(g.index.to_numpy()) for _, g in frames.rows.groupby(["identity", "style"]) if len(g) > 1]
         if not self.groups:

@@ -21,15 +21,16 @@ whole loss is exact and cheap: V(e) − V(e_hat) = (e − e_hat) · offsets.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from tasks.animeceleb.morph_model import MorphModel
+from tasks.common.morphs import MorphModel
 
-from .bridge import EYE_PAIRS, LANDMARK_WEIGHTS, LIP_PAIRS, Landmarks
+from .bridge import EYE_PAIRS, LANDMARK_WEIGHTS, LIP_PAIRS, Landmarks, human_landmarks
 
 LANDMARK_SCALE = 10.0  # DECA's orthographic camera scale: landmarks ≈ normalised image units
 
@@ -76,6 +77,14 @@ class HumanGeometry(nn.Module):
         self.register_buffer("lmk_w", torch.as_tensor(LANDMARK_WEIGHTS))
         self.eye_pairs, self.lip_pairs = EYE_PAIRS, LIP_PAIRS
         self.n_identities, self.n_vertices, self.n_moving = len(models), n_skin, len(moving)
+
+    @classmethod
+    def from_morph_models(cls, models_dir: Path | str, identities: list[str], bridge: np.ndarray) -> "HumanGeometry":
+        """The heads of ``identities`` from an animeceleb ``morph_models/`` folder, landmarks from
+        its canonical human head."""
+        models_dir = Path(models_dir)
+        heads = [MorphModel.load(models_dir / "human" / f"{i}.npz") for i in identities]
+        return cls(heads, human_landmarks(MorphModel.load(models_dir / "human.npz")), bridge)
 
     def vertices(self, e: torch.Tensor, identity: int = 0) -> torch.Tensor:
         """[N, K] coefficients on one identity's head → the moving skin vertices [N, V', 3], metres."""

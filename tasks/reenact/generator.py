@@ -23,13 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POSE_DIM = 20
-ANGLE_SCALE = 30.0  # degrees → the descriptor's input range ≈ [-1, 1]
-
-
-def pose_vector(weights: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
-    """[N, 17] morphs + [N, 3] (yaw, pitch, roll) degrees → [N, 20] generator input."""
-    return torch.cat([weights, angles_deg / ANGLE_SCALE], -1)
+from .data import POSE_DIM
 
 
 # ------------------------------------------------------------------------------ losses

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import AnimeFrames, pose_of
+from .data import AnimeFrames, pose_of, pose_vector
 from .edtn import EDTN, HumanGeometry
-from .generator import AnimeGenerator, pose_vector, psnr, ssim
+from .generator import AnimeGenerator, psnr, ssim
 from .regressor import MorphRegressor
 
 MOUTH = slice(12, 17)

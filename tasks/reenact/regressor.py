@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import ANGLE_SCALE
+from .data import ANGLE_SCALE
 
 
 class MorphRegressor(nn.Module):

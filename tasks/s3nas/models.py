@@ -9,7 +9,6 @@ for the selective SE removal that scores blocks by how much their excitation var
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .space import Arch, Block

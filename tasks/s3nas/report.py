@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.common.artifacts import atomic_path, write_json
-from tasks.common.versioning import markdown_table
+from tasks.common.artifacts import atomic_path, read_json, write_json
+from tasks.common.tables import markdown_table
 
 COLUMNS = ["method", "test_acc", "acc_ci95", "sim_latency_us", "target_us", "of_target", "est_latency_us", "macs_M",
            "params_k", "search_s", "train_s", "arch"]
@@ -39,7 +39,35 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, flo
     return {"a_only": b, "b_only": c, "p_value": min(1.0, 2 * p)}
 
 
+def report_rows(target_us: float, search_target_us: float, final_dirs: dict[str, Path], search_dirs: dict[str, Path],
+                est_dir: Path, lut_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(one row per evaluated net — ours, rmSE, baselines —, the run-level facts) from the steps' outputs."""
+    rows = []
+    for name, d in final_dirs.items():
+        for f in ("eval.json", "eval_rmse.json"):
+            p = Path(d) / f
+            if p.is_file():
+                r = read_json(p)
+                r["target_us"] = target_us
+                s = search_dirs.get(name)
+                r["search_seconds"] = read_json(Path(s) / "search.json")["search_seconds"] if s else 0.0
+                rows.append(r)
+    val = read_json(Path(est_dir) / "validation.json")
+    search_info = read_json(Path(search_dirs["s3nas"]) / "search.json")
+    extra = {
+        "target_us": target_us, "search_target_us": search_target_us,
+        "estimator": {k: val[k] for k in ("networks", "mape_pct", "max_abs_err_pct", "mean_new_layer_fraction",
+                                          "estimate_seconds_total", "simulate_wall_seconds", "scalesim_seconds_as_run_total")},
+        "search": {"seconds": search_info["search_seconds"], "searched_latency_us": search_info["latency_us"],
+                   "arch": search_info["arch"]},
+        "lut": read_json(Path(lut_dir) / "lut_stats.json"),
+    }
+    return rows, extra
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write table.md, headline.json, metrics.json, results.csv, summary.json and pareto.png into ``out`` (the
+    report step's temp folder, renamed into place whole)."""
     out.mkdir(parents=True, exist_ok=True)
     table = []
     for r in rows:
@@ -63,6 +91,13 @@ def write_report(rows: list[dict[str, Any]], out: Path, extra: dict[str, Any]) -
     metrics["tests"] = tests
     metrics.update(extra)
     write_json(out / "metrics.json", metrics)
+    # DVC's metrics view: the claim's numbers only (accuracy and simulated latency per method,
+    # and the paired test against each baseline); everything else stays in metrics.json.
+    write_json(out / "headline.json", {
+        **{r["method"]: {"test_acc": round(r["test_acc"], 4), "sim_latency_us": round(r["sim_latency_us"], 1)}
+           for r in rows},
+        **{f"p_{k}": round(v["p_value"], 4) for k, v in tests.items()},
+    })
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
@@ -75,6 +110,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, extra: dict[str, Any]) -
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(md + "\n")
     pareto_png(table, out / "pareto.png", extra.get("target_us"))
+    write_json(out / "summary.json", {"rows": [{k: v for k, v in r.items() if k not in ("correct_mask", "arch")}
+                                               for r in rows], **extra})
     return {"table": table, "markdown": md}
 
 

@@ -8,7 +8,9 @@ and its latency *estimated* (the grid is filled in: widths in 0.05 steps, every 
 resolution between its ends); the largest candidates (by MACs) whose estimate lands within
 [90 %, 100 %] of the target are *simulated* two at a time (estimates corrected by the simulator's
 ratio so far), and the first one the simulator confirms within the target is kept. Nothing the
-simulator puts over the target is ever returned.
+simulator puts over the target is ever returned, and a target the grid cannot reach at 90 %
+(its largest candidate, simulated, still below ``lower·T``) is refused with
+:class:`TargetOutOfReach` instead of being met at a fraction of the target.
 """
 from __future__ import annotations
 
@@ -21,8 +23,16 @@ import numpy as np
 from .space import Arch, Block, Branch, network_macs, round_to
 
 
-class ScalingError(RuntimeError):
-    pass
+class ScalingError(ValueError):
+    """No scaling meets the target: a property of the config and the net, so never retried."""
+
+
+class TargetOutOfReach(ScalingError):
+    """Even the largest scaling of the net stays below ``lower × target`` on the simulator."""
+
+    def __init__(self, message: str, *, largest_us: float, target_us: float, largest: dict):
+        super().__init__(message)
+        self.largest_us, self.target_us, self.largest = largest_us, target_us, largest
 
 
 def stages_of(arch: Arch) -> list[list[Block]]:
@@ -99,9 +109,26 @@ def compound_scale(arch: Arch, target_us: float, estimate_us: Callable[[Arch], f
         cands.append({"d": d, "w": w, "r": r, "arch": a, "est_us": estimate_us(a), "macs": network_macs(a)})
     if not any(c["est_us"] <= target_us for c in cands):
         smallest = min(cands, key=lambda c: c["est_us"])
-        raise ScalingError(f"no scaling of {arch.name or 'the net'} is estimated under {target_us:.1f} µs "
+        raise ScalingError(f"target_latency_us: no scaling of {arch.name or 'the net'} is estimated under {target_us:.1f} µs "
                            f"(smallest: {smallest['est_us']:.1f} µs at d={smallest['d']}, w={smallest['w']}, r={smallest['r']})")
     tried: list[dict] = []
+    top = max(cands, key=lambda c: c["est_us"])
+    if top["est_us"] < lower * target_us:
+        # The estimator says nothing reaches the window: ask the simulator about the largest net
+        # once, and refuse a target it cannot reach rather than deliver a net at a fraction of it.
+        top["sim_us"] = simulate_us([top["arch"]])[0]
+        tried.append(top)
+        if top["sim_us"] < lower * target_us:
+            raise TargetOutOfReach(
+                f"target_latency_us: {target_us:.1f} µs is above what compound scaling of {arch.name or 'the net'} "
+                f"can reach: its largest scaling (d={top['d']}, w={top['w']:g}, r={top['r']:g}) simulates at "
+                f"{top['sim_us']:.1f} µs, {100 * top['sim_us'] / target_us:.1f} % of the target (needs ≥ "
+                f"{100 * lower:.0f} %); lower the target (≤ {top['sim_us'] / lower:.0f} µs) or allow larger "
+                f"width_choices / depth_choices / resolution_choices",
+                largest_us=top["sim_us"], target_us=target_us,
+                largest={k: top[k] for k in ("d", "w", "r", "est_us", "sim_us", "macs")})
+        if top["sim_us"] <= target_us:
+            return top["arch"], _summary(top, tried, target_us, cands)
     # Confirm in batches of two, stopping at the first confirmed fit. After each batch the
     # estimates are corrected by the simulator's ratio so far (median sim/est), so an estimator
     # that is biased for this family of nets stops proposing candidates over the target.
@@ -124,7 +151,7 @@ def compound_scale(arch: Arch, target_us: float, estimate_us: Callable[[Arch], f
             return best["arch"], _summary(best, tried, target_us, cands)
     under = [c for c in tried if c["sim_us"] <= target_us]
     if not under:
-        raise ScalingError(f"none of {len(tried)} simulated scalings of {arch.name or 'the net'} met {target_us:.1f} µs")
+        raise ScalingError(f"target_latency_us: none of {len(tried)} simulated scalings of {arch.name or 'the net'} met {target_us:.1f} µs")
     best = max(under, key=lambda c: c["sim_us"])
     return best["arch"], _summary(best, tried, target_us, cands)
 

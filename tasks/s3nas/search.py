@@ -1,86 +1,118 @@
 """The S3NAS search (METHODS.md §8.2) and its random-search baseline with the same budget.
 
-``single_path_search`` trains the supernet: ``warmup_epochs`` of equal-selection warm-up
-(latency loss off, thresholds frozen), then the latency phase — dropout off, thresholds
-trained, loss CE + λ·log(1 + m·ReLU(LAT − T)) with LAT the differentiable expected latency
-from the simulator's table — and reads out the architecture whose indicators are on.
+:class:`SupernetSearchRecipe` is the supernet training as a recipe on the shared engine
+(:mod:`tasks.common.training`), so the search checkpoints every epoch and resumes after a kill:
+``warmup_epochs`` of equal-selection warm-up (latency loss off, thresholds frozen, gradients
+clipped to 10), then the latency phase — dropout off, thresholds trained, loss
+CE + λ·log(1 + m·ReLU(LAT − T)) with LAT the differentiable expected latency from the
+simulator's table. One AdamW holds two parameter groups: the weights (cosine-decayed ``lr``,
+weight decay 1e-5) and the thresholds (constant ``threshold_lr``, no decay — Adam). In the
+warm-up the thresholds get no gradient at all, so their Adam moments start with the latency
+phase. :func:`single_path_search` runs it and reads out the architecture whose indicators are on.
 
-``random_search`` spends the same budget (image passes: ``search_epochs`` × training set) on
-random architectures of the same space that meet the same search target by the same table,
-training each for ``random_epochs_each`` and keeping the best on the validation split.
+:func:`random_search` spends the same budget (image passes: ``search_epochs`` × training set)
+on random architectures of the same space that meet the same search target by the same table,
+training each for ``random_epochs_each`` (a :class:`~tasks.s3nas.train.ClassifierRecipe`, each
+resumable) and keeping the best on the validation split.
 """
 from __future__ import annotations
 
-import math
 import random
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tasks.common.training import load_weights, train
 
 from .config import S3NASConfig
 from .data import to_input
-from .models import ChildNet
-from .space import Arch, random_arch
+from .space import Arch, BlockSlot, Branch, random_arch
 from .supernet import Supernet, latency_loss
-from .train import accuracy, autocast, batches, cosine_lr, predict, train_classifier
+from .train import (CLIP_NORM, ClassifierRecipe, EpochBatches, accuracy, cosine_lr, predict, step_seed,
+                    train_classifier, training_config, warmup_steps)
 
 Progress = Callable[[int, int, dict], None] | None
 
 
-def single_path_search(cfg: S3NASConfig, splits: dict, block_latency_us, fixed_latency_us: float,
-                       arch_latency_us: Callable[[Arch], float], device: torch.device,
-                       progress: Progress = None) -> tuple[Arch, dict]:
-    sn = cfg.supernet
-    torch.manual_seed(cfg.seed)
-    model = Supernet(sn, block_latency_us, fixed_latency_us).to(device)
-    opt_w = torch.optim.AdamW(model.weight_parameters(), lr=cfg.lr, weight_decay=1e-5)
-    opt_t = torch.optim.Adam(model.threshold_parameters(), lr=cfg.threshold_lr)
-    x, y = splits["train_x"], splits["train_y"]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.search_epochs * steps_per_epoch
-    target = cfg.search_target_us
-    history, step, t0 = [], 0, time.perf_counter()
-    for epoch in range(cfg.search_epochs):
-        warm = epoch < cfg.warmup_epochs
+class SupernetSearchRecipe:
+    """Single-path supernet training at the search target, in two phases."""
+
+    def __init__(self, cfg: S3NASConfig, x: Tensor, y: Tensor,
+                 block_latency_us: Callable[[BlockSlot, tuple[Branch, ...]], float], fixed_latency_us: float,
+                 arch_latency_us: Callable[[Arch], float]):
+        self.cfg = cfg
+        self.block_latency_us, self.fixed_latency_us, self.arch_latency_us = block_latency_us, fixed_latency_us, arch_latency_us
+        self.data = EpochBatches(x, y, cfg.batch_size, cfg.seed)
+        self.micro_batch = cfg.batch_size
+        self.steps = cfg.search_epochs * self.data.per_epoch
+        self.warmup = warmup_steps(self.steps)
+        self.target_us = cfg.search_target_us
+
+    def warm(self, step: int) -> bool:
+        """Equal-selection warm-up (True) or latency phase (False) at ``step``."""
+        return step // self.data.per_epoch < self.cfg.warmup_epochs
+
+    def build(self) -> dict[str, nn.Module]:
+        torch.manual_seed(self.cfg.seed)
+        return {"supernet": Supernet(self.cfg.supernet, self.block_latency_us, self.fixed_latency_us)}
+
+    def optimizer(self, name: str, module: Supernet) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([
+            {"params": module.weight_parameters(), "lr": self.cfg.lr, "weight_decay": 1e-5},
+            {"params": module.threshold_parameters(), "lr": self.cfg.threshold_lr, "weight_decay": 0.0},
+        ])
+
+    def schedule(self, name: str, optimizer: torch.optim.Optimizer, step: int) -> None:
+        optimizer.param_groups[0]["lr"] = cosine_lr(step, self.steps, self.cfg.lr, self.warmup)
+        optimizer.param_groups[1]["lr"] = self.cfg.threshold_lr
+
+    def grad_clip(self, name: str, step: int) -> float:
+        return CLIP_NORM if self.warm(step) else 0.0  # S3NAS clips in the first phase only
+
+    def batch(self, step: int, rank: int, device: torch.device) -> dict[str, Tensor]:
+        xb, yb = self.data(step)
+        return {"x": to_input(xb, self.cfg.supernet.resolution).to(device), "y": yb.to(device)}
+
+    def loss(self, name: str, models: dict, batch: dict[str, Tensor], cache: dict, step: int):
+        model: Supernet = models["supernet"]
+        warm = self.warm(step)
         model.train()
-        ce_sum = lat_sum = n = 0.0
-        for xb, yb in batches(x, y, cfg.batch_size, gen, shuffle=True):
-            for g in opt_w.param_groups:
-                g["lr"] = cosine_lr(step, total, cfg.lr, warmup=min(50, total // 10))
-            inp = to_input(xb, sn.resolution).to(device)
-            with autocast(device):
-                logits = model(inp, dropout=warm)
-            ce = F.cross_entropy(logits.float(), yb.to(device), label_smoothing=cfg.label_smoothing)
-            loss = ce
-            lat = model.expected_latency_us()
-            if not warm:
-                loss = loss + latency_loss(lat, target, cfg.latency_lambda, cfg.latency_m)
-            opt_w.zero_grad(set_to_none=True)
-            opt_t.zero_grad(set_to_none=True)
-            loss.backward()
-            if warm:  # S3NAS clips gradients to 10 in the first phase
-                torch.nn.utils.clip_grad_norm_(model.weight_parameters(), 10.0)
-            opt_w.step()
-            if not warm:
-                opt_t.step()
-            ce_sum += ce.item()
-            lat_sum += lat.item()
-            n += 1
-            step += 1
-            if progress:
-                progress(step, total, {"phase": "warmup" if warm else "latency", "ce": ce.item(), "lat_us": lat.item()})
-        arch = model.readout()
-        history.append({"epoch": epoch, "phase": "warmup" if warm else "latency", "ce": ce_sum / n,
-                        "expected_latency_us": lat_sum / n, "readout_latency_us": arch_latency_us(arch),
-                        "readout": arch.describe(), "seconds": time.perf_counter() - t0})
+        for p in model.threshold_parameters():  # frozen in the warm-up: no gradient, no Adam moments
+            p.requires_grad_(not warm)
+        torch.manual_seed(step_seed(self.cfg.seed, step))  # this step's equal-selection draws
+        logits = model(batch["x"], dropout=warm)
+        ce = F.cross_entropy(logits.float(), batch["y"], label_smoothing=self.cfg.label_smoothing)
+        lat = model.expected_latency_us()
+        loss = ce if warm else ce + latency_loss(lat, self.target_us, self.cfg.latency_lambda, self.cfg.latency_m)
+        info = {"ce": ce.item(), "lat_us": lat.item(), "warmup": float(warm)}
+        if (step + 1) % self.data.per_epoch == 0:  # end of an epoch: where the readout stands
+            info["readout_latency_us"] = self.arch_latency_us(model.readout())
+        return loss, info
+
+
+def single_path_search(recipe: SupernetSearchRecipe, splits: dict, ckpt_dir: Path | str, device: torch.device,
+                       progress: Progress = None) -> tuple[Arch, dict]:
+    """Train (or resume) the supernet; the architecture read out of it and the search record."""
+    t0 = time.perf_counter()
+    res = train(recipe, training_config(device, recipe.data.per_epoch), ckpt_dir, progress=progress)
+    model: Supernet = recipe.build()["supernet"]
+    model.load_state_dict(load_weights(res.checkpoint, "supernet"))
+    model.to(device)
     arch = model.readout(name="s3nas")
-    val_acc = accuracy(_predict_supernet(model, splits["val_x"], sn.resolution, device), splits["val_y"])
+    val_acc = accuracy(_predict_supernet(model, splits["val_x"], recipe.cfg.supernet.resolution, device), splits["val_y"])
+    history = [{"epoch": h["step"] // recipe.data.per_epoch - 1, "step": h["step"],
+                "phase": "warmup" if h.get("supernet/warmup") else "latency", "ce": h.get("supernet/ce"),
+                "expected_latency_us": h.get("supernet/lat_us"),
+                "readout_latency_us": h.get("supernet/readout_latency_us")}
+               for h in res.history if h["step"] % recipe.data.per_epoch == 0]
     return arch, {"history": history, "search_seconds": time.perf_counter() - t0, "supernet_val_acc": val_acc,
-                  "target_us": target, "latency_us": arch_latency_us(arch), "steps": step,
-                  "image_passes": step * cfg.batch_size}
+                  "target_us": recipe.target_us, "latency_us": recipe.arch_latency_us(arch), "steps": res.steps,
+                  "resumed_from": res.start_step, "image_passes": res.steps * recipe.cfg.batch_size,
+                  "train_history": res.history}
 
 
 @torch.no_grad()
@@ -106,28 +138,36 @@ def sample_within(cfg: S3NASConfig, arch_latency_us: Callable[[Arch], float], rn
     return best[1]
 
 
-def random_search(cfg: S3NASConfig, splits: dict, arch_latency_us: Callable[[Arch], float], device: torch.device,
-                  progress: Progress = None) -> tuple[Arch, dict]:
+def random_candidates(cfg: S3NASConfig, arch_latency_us: Callable[[Arch], float]) -> list[Arch]:
+    """The random-search candidates: as many as the search budget buys, each within the target."""
     rng = random.Random(cfg.seed + 1)
-    n_cand = max(2, cfg.search_epochs // cfg.random_epochs_each)
+    archs = []
+    for i in range(max(2, cfg.search_epochs // cfg.random_epochs_each)):
+        a = sample_within(cfg, arch_latency_us, rng, cfg.search_target_us)
+        a.name = f"random-{i}"
+        archs.append(a)
+    return archs
+
+
+def random_search(cfg: S3NASConfig, splits: dict, arch_latency_us: Callable[[Arch], float], ckpt_root: Path | str,
+                  device: torch.device, progress: Progress = None) -> tuple[Arch, dict]:
+    """Train every candidate (resuming any a killed run left), keep the best on validation."""
     t0 = time.perf_counter()
+    archs = random_candidates(cfg, arch_latency_us)
     cands = []
-    for i in range(n_cand):
-        arch = sample_within(cfg, arch_latency_us, rng, cfg.search_target_us)
-        arch.name = f"random-{i}"
-        torch.manual_seed(cfg.seed + 100 + i)
-        model = ChildNet(arch)
-        train_classifier(model, splits["train_x"], splits["train_y"], resolution=arch.resolution,
-                         epochs=cfg.random_epochs_each, lr=cfg.lr, batch_size=cfg.batch_size,
-                         label_smoothing=cfg.label_smoothing, device=device, seed=cfg.seed + i)
+    for i, arch in enumerate(archs):
+        recipe = ClassifierRecipe(arch, splits["train_x"], splits["train_y"], epochs=cfg.random_epochs_each, lr=cfg.lr,
+                                  batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing, seed=cfg.seed + i,
+                                  init_seed=cfg.seed + 100 + i)
+        model, _ = train_classifier(recipe, Path(ckpt_root) / arch.name, device)
         acc = accuracy(predict(model, splits["val_x"], resolution=arch.resolution, device=device), splits["val_y"])
         cands.append({"arch": arch.to_dict(), "val_acc": acc, "latency_us": arch_latency_us(arch),
                       "describe": arch.describe()})
         if progress:
-            progress(i + 1, n_cand, {"val_acc": acc})
+            progress(i + 1, len(archs), {"val_acc": acc})
     best = max(cands, key=lambda c: c["val_acc"])
     arch = Arch.from_dict(best["arch"])
     arch.name = "random_search"
     return arch, {"candidates": cands, "search_seconds": time.perf_counter() - t0,
-                  "image_passes": n_cand * cfg.random_epochs_each * len(splits["train_x"]),
+                  "image_passes": len(archs) * cfg.random_epochs_each * len(splits["train_x"]),
                   "target_us": cfg.search_target_us, "latency_us": best["latency_us"]}

@@ -234,10 +234,125 @@ def read_config(path: Path | str) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model: checkpoint path does not exist: {path}")
-    if not (path / "config.json").is_file():
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
         raise MoEModelError(f"model: {path} is not a Hugging Face checkpoint folder (no config.json)")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MoEModelError(f"model: {cfg_file} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise MoEModelError(f"model: {cfg_file} must hold a JSON object, got {type(raw).__name__}")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # transformers raises ValueError/KeyError/OSError/TypeError for a bad config
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MoEModelError(f"model: {cfg_file} is not a config transformers can read: {first}") from None
     adapter_for(config)
+    return config
+
+
+#: files any of which makes a folder's tokenizer loadable by ``AutoTokenizer`` (fast, sentencepiece, BPE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+#: bytes per element of the safetensors dtypes
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+#: a safetensors header larger than this is not a header (the format caps it at 100 MB)
+_MAX_HEADER = 100 * 2**20
+
+
+def check_safetensors(file: Path) -> int:
+    """Read a safetensors file's header and check the file holds exactly the bytes it declares.
+
+    Cheap (the header only, never the tensors), so a truncated or mangled weight file is refused
+    in milliseconds rather than when a worker loads it. Returns the number of tensors.
+    """
+    size = file.stat().st_size
+    if size < 8:
+        raise MoEModelError(f"model: {file.name} has {size} bytes, too short for a safetensors file")
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise MoEModelError(f"model: {file.name} is not a safetensors file or is truncated "
+                                f"(header of {n} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MoEModelError(f"model: {file.name}: its safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise MoEModelError(f"model: {file.name}: its safetensors header is not a JSON object")
+    end = 0
+    tensors = 0
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in spec["data_offsets"])
+            count = 1
+            for d in spec["shape"]:
+                count *= int(d)
+            itemsize = _ST_ITEMSIZE[spec["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise MoEModelError(f"model: {file.name}: tensor {name!r} has a malformed header entry") from None
+        if stop - begin != count * itemsize:
+            raise MoEModelError(f"model: {file.name}: tensor {name!r} spans {stop - begin} bytes, "
+                                f"its shape and dtype need {count * itemsize}")
+        end = max(end, stop)
+        tensors += 1
+    if 8 + n + end != size:
+        what = "truncated" if 8 + n + end > size else "longer than its header declares"
+        raise MoEModelError(f"model: {file.name} is {what}: the header declares {8 + n + end} bytes, "
+                            f"the file has {size}")
+    return tensors
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder (from its index when sharded)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise MoEModelError(f"model: {index} is not a valid safetensors index") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise MoEModelError(f"model: {path} lacks weight shards listed in its index: {', '.join(missing[:5])}")
+        return [path / n for n in names]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise MoEModelError(f"model: {path} holds pickled weights (.bin/.pt); only safetensors are loaded "
+                            "(convert with save_pretrained(safe_serialization=True))")
+    raise MoEModelError(f"model: no safetensors weights in {path}")
+
+
+def check_model_folder(path: Path | str) -> Any:
+    """A user's checkpoint folder, checked before any work starts; returns its HF config.
+
+    ``config.json`` parses and names a supported MoE family; its expert count and top-k are
+    consistent (at least two experts, 1 <= top-k <= experts); every safetensors file exists and
+    holds exactly the bytes its header declares; a tokenizer is present. Each failure is a
+    :class:`MoEModelError` (or ``FileNotFoundError``) starting with ``model:``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MoEModelError(f"model: {path} is a file; give the checkpoint's folder")
+    config = read_config(path)
+    ad = adapter_for(config)
+    try:
+        n, k = ad.num_experts(config), ad.top_k(config)
+    except (AttributeError, TypeError, ValueError):
+        raise MoEModelError(f"model: {path}/config.json lacks {ad.num_experts_attr} or num_experts_per_tok") from None
+    if n < 2:
+        raise MoEModelError(f"model: {path}/config.json has {ad.num_experts_attr}={n}; STUN prunes experts of a "
+                            "Mixture-of-Experts model with at least 2 per layer")
+    if not 1 <= k <= n:
+        raise MoEModelError(f"model: {path}/config.json has num_experts_per_tok={k} with {n} experts per layer")
+    for f in weight_files(path):
+        check_safetensors(f)
+    if not any((path / t).is_file() for t in TOKENIZER_FILES):
+        raise MoEModelError(f"model: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     return config
 
 

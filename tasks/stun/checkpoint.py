@@ -94,3 +94,15 @@ def load_variable_width(path: Path, config: Any, **model_kwargs: Any) -> nn.Modu
             if hasattr(mod, "original_inv_freq"):
                 mod.original_inv_freq = fresh.original_inv_freq
     return model
+
+
+def copy_checkpoint(src: Path | str, dst: Path | str) -> Path:
+    """Copy a checkpoint folder's files (not its hidden bookkeeping) into ``dst``."""
+    import shutil
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(Path(src).iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copy2(f, dst / f.name)
+    return dst

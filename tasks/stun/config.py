@@ -10,39 +10,120 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.common.config import FlowConfig
+from tasks.common.config import ConfigSection, FlowConfig
 
-from .zoo import ZooConfig
+
+class ZooConfig(ConfigSection):
+    """How the zoo's MoE (``model=zoo``, trained by :mod:`tasks.stun.zoo`) is shaped and trained.
+    The defaults were measured on two CPU cores: about five minutes of training, held-out
+    perplexity ~57 (add-one unigram baseline ~470) and held-out exact match ~0.59."""
+
+    arch: Literal["mixtral", "qwen2_moe"] = "mixtral"
+    """Mixtral is the paper's main subject (8 experts, top-2, no shared expert); qwen2_moe adds an
+    always-on shared expert, the other MoE family the paper prunes."""
+    layers: int = Field(default=4, ge=1, le=32)
+    """Four MoE layers give expert pruning several layers to choose between while one training
+    step stays under half a second on two cores."""
+    experts: int = Field(default=8, ge=2, le=64)
+    """Mixtral's eight experts per layer: enough that pruning 25-50% of them is a real choice."""
+    top_k: int = Field(default=2, ge=1, le=8)
+    """Mixtral routes each token to two experts; STUN's expert pruning is defined for top-k routing."""
+    hidden: int = Field(default=128, ge=16, le=4096)
+    """Model width: at 128 a step of 4096 tokens takes about 0.45 s on two cores, so the
+    default steps fit the budget."""
+    intermediate: int = Field(default=256, ge=16, le=16384)
+    """Width of each expert's SwiGLU; twice the hidden size keeps expert weights the bulk of the
+    parameters, as in real MoEs, which is what makes pruning them matter."""
+    shared_intermediate: int = Field(default=256, ge=16, le=16384)
+    """Width of qwen2_moe's shared expert (ignored for mixtral); one expert's worth of width."""
+    heads: int = Field(default=4, ge=1, le=64)
+    """Four heads of 32 dims each at hidden 128."""
+    kv_heads: int = Field(default=2, ge=1, le=64)
+    """Grouped-query attention as in Mixtral (fewer key/value heads than query heads)."""
+    vocab_size: int = Field(default=2048, ge=258, le=65536)
+    """Byte-level BPE size: small, so the embedding does not dominate a 128-wide model, yet large
+    enough that Shakespeare averages about 2.7 characters per token."""
+    seq_len: int = Field(default=256, ge=16, le=4096)
+    """Training window and perplexity window; 256 tokens hold a speech or five problems."""
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    """Sequences per step: 4096 tokens per step at seq_len 256."""
+    steps: int = Field(default=600, ge=1, le=1_000_000)
+    """Optimizer steps: 600 steps (2.5M tokens, about 0.7 passes over the training plays) take
+    about 4.5-5 minutes on two idle CPU cores, inside the flow's six-minute budget for the zoo."""
+    lr: float = Field(default=3e-3, gt=0.0, le=1.0)
+    """Peak AdamW learning rate; a model this small trained for a few hundred steps needs a high
+    one, and 3e-3 trained stably (no loss spikes) with the router aux loss on."""
+    warmup_steps: int = Field(default=50, ge=0, le=100_000)
+    """Linear warmup before the cosine decay, so the router does not lock in on early noise."""
+    router_aux_loss_coef: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Switch Transformer's load-balancing weight (Mixtral used 0.001): with it the balance loss
+    stays at its balanced value (about top_k) throughout training, so every expert is used and
+    pruning any of them costs something."""
+    problem_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Share of training sequences that are arithmetic problems. At 0.625 exact match did not
+    improve while held-out perplexity rose from ~52 to ~65; 0.5 serves both metrics."""
+    n_train_problems: int = Field(default=20_000, ge=1, le=1_000_000)
+    """Training problems written (keys repeat with other names and items); about as many as the
+    problem half of training reads, so few are seen twice."""
+    n_heldout_problems: int = Field(default=200, ge=1, le=300)
+    """Held-out problems, each a distinct (template, numbers) key; evaluation scores the first
+    160. The held-out quarter of the key space holds only about 320 keys, hence the cap."""
+    heldout_works: int = Field(default=2, ge=1, le=20)
+    """Whole plays held out for perplexity; two plays give over 100k held-out tokens."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seeds the corpus split, initialisation and batch order: a rerun gives the same model."""
+    threads: int = Field(default=2, ge=1, le=256)
+    """torch CPU threads training uses. Part of the model's identity, not the machine's: a sum
+    split over another number of threads rounds differently and hundreds of steps amplify that
+    into another model (1 and 2 threads give different weights), so it is fixed here, never
+    taken from the machine's core count."""
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> "ZooConfig":
+        # Checked here, not only when the model is built, so a bad shape fails before any work.
+        if self.hidden % self.heads:
+            raise ValueError(f"heads: hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads: heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k: {self.top_k} exceeds experts={self.experts}")
+        return self
+
 
 Baseline = Literal["wanda", "owl", "naee", "frequency", "stun_experts"]
 
 
+#: calibration tokens (samples x sequence length) the streaming pruner holds per layer: 2^20 tokens
+#: are four times the paper's 128 x 2048, about 8 GiB of bf16 activations at Mixtral's width
+MAX_CALIB_TOKENS = 2**20
+
+
 class StunConfig(FlowConfig):
-    model: str = "zoo"
+    model: str = Field("zoo", min_length=1, max_length=4096)
     """'zoo' trains (once, then cached in DVC) the embedded small MoE; otherwise a path to a
     Hugging Face MoE checkpoint folder (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE)."""
 
     zoo: ZooConfig = Field(default_factory=ZooConfig)
     """Architecture and training recipe of the embedded model (used when model='zoo')."""
 
-    sparsities: list[float] = Field(default_factory=lambda: [0.4, 0.5, 0.65], min_length=1)
+    sparsities: list[float] = Field(default_factory=lambda: [0.4, 0.5, 0.65], min_length=1, max_length=32)
     """Total sparsity levels of the sweep, each in [0, 1): fraction of expert weights removed."""
 
     expert_fraction: float = Field(0.25, ge=0.0, lt=1.0)
     """x: share of experts STUN removes before unstructured pruning (0.25 = 2 of 8 per layer,
     the Mixtral expert-only operating point in the paper)."""
 
-    keep_experts: int | None = Field(None, ge=1)
+    keep_experts: int | None = Field(None, ge=1, le=4096)
     """Experts kept per layer by STUN's structured stage; overrides expert_fraction when set."""
 
     budget: Literal["uniform", "global"] = "uniform"
     """'uniform': every layer keeps the same number of experts (loads in stock transformers);
     'global': one τ for all layers, total expert count hit exactly, per-layer counts vary."""
 
-    lambda1: float = Field(1.0, ge=0.0)
+    lambda1: float = Field(1.0, ge=0.0, le=1e6)
     """λ1: weight of the router-row distance ‖W_i − W_j‖ in the expert similarity."""
 
-    lambda2: float = Field(1.0, ge=0.0)
+    lambda2: float = Field(1.0, ge=0.0, le=1e6)
     """λ2: weight of the co-activation count a_ij (needs one calibration sweep; 0 = none)."""
 
     reconstruction: Literal["none", "small_clusters", "max_clusters"] = "none"
@@ -50,13 +131,14 @@ class StunConfig(FlowConfig):
     'small_clusters' = the paper's rule (mean-merge clusters under kappa members);
     'max_clusters' = the released rule (mean-merge only when a layer has ≤ kappa clusters)."""
 
-    kappa: int = Field(3, ge=1)
+    kappa: int = Field(3, ge=1, le=4096)
     """κ of the selective-reconstruction rule."""
 
-    unstructured: list[Literal["wanda", "owl", "magnitude"]] = Field(default_factory=lambda: ["wanda", "owl"], min_length=1)
+    unstructured: list[Literal["wanda", "owl", "magnitude"]] = Field(default_factory=lambda: ["wanda", "owl"], min_length=1, max_length=3)
     """Second-stage methods STUN is run with (each one a curve)."""
 
-    baselines: list[Baseline] = Field(default_factory=lambda: ["wanda", "owl", "naee", "frequency", "stun_experts"])
+    baselines: list[Baseline] = Field(default_factory=lambda: ["wanda", "owl", "naee", "frequency", "stun_experts"],
+                                      max_length=5)
     """Baselines evaluated in the same run at the same sparsities."""
 
     nm: str | None = None
@@ -64,28 +146,26 @@ class StunConfig(FlowConfig):
     unstructured rate at N/M (the sweep's total sparsity is then only the curves' label) and
     rules out OWL."""
 
-    owl_M: float = Field(5.0, gt=0.0)
+    owl_M: float = Field(5.0, gt=0.0, le=1e4)
     """OWL outlier threshold M (a score is an outlier above M × layer mean)."""
 
     owl_lambda: float = Field(0.08, ge=0.0, lt=0.5)
     """OWL λ: layer sparsities stay within target ± λ."""
 
-    naee_max_combinations: int = Field(200_000, ge=1)
+    naee_max_combinations: int = Field(200_000, ge=1, le=100_000_000)
     """NAEE refuses layers whose C(n, r) subsets exceed this (its cost is exponential)."""
 
-    calib_samples: int = Field(64, ge=1)
-    """Calibration sequences for profiling and Wanda/OWL statistics."""
+    calib_samples: int = Field(64, ge=1, le=65_536)
+    """Calibration sequences for profiling and Wanda/OWL statistics (the profiling actors of
+    ``resources.workers`` share them)."""
 
-    calib_seq_len: int = Field(128, ge=8)
-    """Tokens per calibration sequence."""
+    calib_seq_len: int = Field(128, ge=8, le=32_768)
+    """Tokens per calibration sequence; samples x length is at most 2^20 tokens."""
 
-    profile_workers: int = Field(2, ge=0)
-    """Ray actors sharing the profiling sweep; 0 = one per GPU of the cluster."""
-
-    eval_ppl_tokens: int = Field(16384, ge=256)
+    eval_ppl_tokens: int = Field(16384, ge=256, le=2**24)
     """Held-out tokens scored for perplexity per evaluated model."""
 
-    eval_problems: int = Field(150, ge=1)
+    eval_problems: int = Field(150, ge=1, le=100_000)
     """Held-out arithmetic problems for generative exact match per evaluated model."""
 
     export_sparsity: float = Field(0.5, ge=0.0, lt=1.0)
@@ -94,13 +174,7 @@ class StunConfig(FlowConfig):
     export_method: Literal["wanda", "owl", "magnitude"] = "owl"
     """Unstructured method of the exported checkpoint."""
 
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    """'auto' (GPU when Ray has one, bf16 there), 'cpu' or 'cuda'."""
-
-    cpus_per_step: int = Field(0, ge=0)
-    """CPU cores a compute step asks Ray for; 0 = all cores of the local machine."""
-
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     """Seed of calibration sampling and everything random downstream."""
 
     @field_validator("sparsities")
@@ -110,6 +184,12 @@ class StunConfig(FlowConfig):
             if not 0.0 <= s < 1.0:
                 raise ValueError(f"every sparsity must be in [0, 1), got {s}")
         return sorted(set(v))
+
+    @field_validator("unstructured", "baselines")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        # A method listed twice would make two variants of one name write the same folders.
+        return list(dict.fromkeys(v))
 
     @field_validator("nm")
     @classmethod
@@ -133,6 +213,11 @@ class StunConfig(FlowConfig):
                 "nm: an N:M pattern fixes every layer's sparsity at N/M, so OWL's per-layer ratios cannot "
                 "apply; set export_method=wanda (OWL curves are skipped under nm)"
             )
+        if self.calib_samples * self.calib_seq_len > MAX_CALIB_TOKENS:
+            raise ValueError(
+                f"calib_samples: {self.calib_samples} x calib_seq_len={self.calib_seq_len} calibration tokens exceed "
+                f"{MAX_CALIB_TOKENS:,} (the streaming pruner holds every calibration token's activations per layer)"
+            )
         if self.export_sparsity < self.expert_fraction and self.keep_experts is None:
             raise ValueError(
                 f"export_sparsity: {self.export_sparsity} is below expert_fraction={self.expert_fraction}: "
@@ -145,10 +230,13 @@ class StunConfig(FlowConfig):
     def _model_is_a_moe_checkpoint(cls, v: str) -> str:
         if v == "zoo":
             return v
-        from .adapters import MoEModelError, read_config
+        from .adapters import MoEModelError, check_model_folder
 
+        # Headers and JSON only (milliseconds, writes nothing): a truncated weight file, a broken
+        # config.json or a missing tokenizer is refused here, naming stun.model, not after the
+        # profiling workers died loading it.
         try:
-            read_config(v)
+            check_model_folder(v)
         except (FileNotFoundError, MoEModelError) as e:
             raise ValueError(str(e).removeprefix("model: ")) from None
         return v

@@ -8,6 +8,7 @@ perplexity and GSM8K columns. Everything runs on the device the model's paramete
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -168,3 +169,31 @@ def evaluate_model(
     ppl = perplexity(model, tokenizer, corpus.heldout_text, seq_len=seq_len, max_tokens=max_ppl_tokens)
     em = exact_match(model, tokenizer, corpus.heldout_problems[:n_problems])
     return {"ppl": ppl, "exact_match": em["exact_match"], "n_problems": em["n"], "examples": em["examples"]}
+
+
+def evaluate_checkpoint(model_dir: Path | str, corpus_dir: Path | str, *, device: str = "cpu", seq_len: int,
+                        max_ppl_tokens: int = PPL_TOKENS, n_problems: int = EM_PROBLEMS) -> dict[str, Any]:
+    """One variant's row of the comparison: :func:`evaluate_model` on the checkpoint folder
+    ``model_dir`` plus its expert-weight counts (what measured sparsity is computed from)."""
+    import time
+
+    from tasks.common.devices import compute_dtype, pick_device
+
+    from .accounting import expert_weight_counts
+    from .checkpoint import load_checkpoint
+    from .corpus import load_corpus
+
+    t0 = time.perf_counter()
+    dev = pick_device(device)
+    model, tok = load_checkpoint(model_dir, device=dev, dtype=compute_dtype(dev))
+    res = evaluate_model(model, tok, load_corpus(corpus_dir), seq_len=seq_len, max_ppl_tokens=max_ppl_tokens,
+                         n_problems=n_problems)
+    counts = expert_weight_counts(model)
+    return {
+        "ppl": float(res["ppl"]), "exact_match": float(res["exact_match"]),
+        "expert_weights_total": sum(c["total"] for c in counts),
+        "expert_weights_nonzero": sum(c["nonzero"] for c in counts),
+        "experts_per_layer": [c["experts"] for c in counts],
+        "eval_seconds": time.perf_counter() - t0,
+        "examples": res.get("examples", [])[:3],
+    }

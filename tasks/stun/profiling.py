@@ -218,3 +218,37 @@ def profile_router(
         prof.coactivation[layer] += c.cpu()
         prof.frequency[layer] += f.cpu()
     return prof
+
+
+# ---------------------------------------------------------------------------- sharding the sweep
+
+#: calibration sequences per forward pass of the profiling sweep
+PROFILE_BATCH = 8
+
+
+def shard_calibration(ids: torch.Tensor, shards: int, batch_size: int = PROFILE_BATCH) -> dict[str, torch.Tensor]:
+    """Split calibration ids [N, T] into about ``shards`` contiguous runs of whole batches.
+
+    Batches are cut the same way whatever the shard count (rows ``b·batch_size ..``), so every
+    token is routed inside the same batch and the summed counts do not depend on how many
+    workers shared the sweep. A shard is named by its batch range: a rerun with another worker
+    count reuses the shards whose range it asks for again, and never a shard of other rows.
+    """
+    n_batches = -(-len(ids) // batch_size)
+    per = -(-n_batches // max(1, shards)) if n_batches else 0
+    out: dict[str, torch.Tensor] = {}
+    for first in range(0, n_batches, max(per, 1)):
+        stop = min(first + per, n_batches)
+        out[f"batches-{first:05d}-{stop:05d}"] = ids[first * batch_size : stop * batch_size]
+    return out
+
+
+def merge_profiles(paths: Iterable[Path | str]) -> RouterProfile:
+    """Sum of the profiles saved at ``paths`` (disjoint shards of one calibration set)."""
+    total: RouterProfile | None = None
+    for p in paths:
+        prof = RouterProfile.load(p)
+        total = prof if total is None else total.merge(prof)
+    if total is None:
+        raise ValueError("profile: no shard profiles to merge")
+    return total

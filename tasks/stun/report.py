@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.artifacts import atomic_path, write_json
-from tasks.common.versioning import markdown_table
+from tasks.common.tables import markdown_table
 
 COLUMNS = ["method", "target_sparsity", "sparsity", "ppl", "exact_match", "experts_kept"]
 

@@ -404,6 +404,16 @@ def _owl_lods(loader: _LayerLoader, calib: _Calibration, M: float,
     return lods, sizes
 
 
+def _passes(method: str) -> int:
+    return 2 if PRUNING_METHODS.get(method).layerwise else 1
+
+
+def pruning_steps(src: Path | str, method: str) -> int:
+    """The total :func:`prune_checkpoint_streaming` reports progress against for ``src``: one
+    step per layer, two for OWL (its outlier pass, then the pruning pass)."""
+    return int(read_config(src).num_hidden_layers) * _passes(method)
+
+
 @torch.no_grad()
 def prune_checkpoint_streaming(
     src: Path | str,
@@ -454,7 +464,7 @@ def prune_checkpoint_streaming(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    total_steps = L * (2 if spec.layerwise else 1)
+    total_steps = L * _passes(method)
     step = 0
 
     def tick() -> None:
@@ -570,7 +580,7 @@ def _publish(tmp: Path, dst: Path) -> None:
     """Rename the finished temp folder onto ``dst`` (an old ``dst`` is moved aside, then removed)."""
     old = None
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        old = dst.with_name(f".{dst.name}.{os.getpid()}.old")  # ".old": a crash's leftover is swept at start
         os.replace(dst, old)
     os.replace(tmp, dst)
     if old is not None:

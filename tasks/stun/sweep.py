@@ -8,6 +8,7 @@ closest to S, their real sparsity being measured afterwards.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .config import StunConfig, unstructured_rate
 
@@ -68,3 +69,12 @@ def export_variant(cfg: StunConfig, variants: list[Variant]) -> Variant:
         if v.name == name:
             return v
     raise ValueError(f"export_method={cfg.export_method!r} is not among unstructured={cfg.unstructured}")
+
+
+def model_variants(cfg: StunConfig, model_dir: Path | str) -> list[Variant]:
+    """The sweep for the dense checkpoint at ``model_dir`` (its expert count and top-k)."""
+    from .adapters import adapter_for, read_config
+
+    config = read_config(model_dir)
+    ad = adapter_for(config)
+    return sweep_variants(cfg, ad.num_experts(config), ad.top_k(config))

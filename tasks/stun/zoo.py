@@ -3,20 +3,33 @@ the paper prunes pretrained MoEs (Mixtral, Qwen-MoE, ...) first by whole experts
 by weight. No pretrained MoE can be downloaded here, so this module trains a small Mixtral-style
 (or Qwen2-MoE-style, with a shared expert) causal LM from scratch on the corpus of
 ``corpus.py`` — Shakespeare mixed with GSM8K-style arithmetic — fast enough for two CPU cores
-yet good enough that pruning damage shows up in held-out perplexity and exact match. It saves an
-ordinary Hugging Face checkpoint folder (``save_pretrained``), so the pruning steps load it like
-any published MoE through :func:`load_model`.
+yet good enough that pruning damage shows up in held-out perplexity and exact match. Training is
+a recipe (:class:`ZooRecipe`) on the shared engine :mod:`tasks.common.training`, so it resumes
+from its last checkpoint after a kill and a batch is a pure function of (seed, step). It saves
+an ordinary Hugging Face checkpoint folder (``save_pretrained``), so the pruning steps load it
+like any published MoE.
+
+Reproducibility: the same config gives bit-identical weights on the same kind of machine. What
+decides the bits besides the config: the number of torch threads (``ZooConfig.threads``, fixed
+by the config, never taken from the machine), and the CPU's vector ISA, which selects ATen's and
+MKL's kernels (AVX-512 and AVX2 round differently; measured: different weights after 40 steps).
+The ISA is a property of the process, chosen when torch starts: ``ATEN_CPU_CAPABILITY`` and
+``MKL_CBWR`` in the worker environment pin it across machines; nothing inside a running process
+can. On a GPU, bf16 autocast and cuBLAS make the weights depend on the GPU model, and even on one
+GPU bit-identical reruns are not promised: the experts' ``grouped_mm`` kernel and the token
+scatter (``index_add_``) of their backward pass may accumulate in a nondeterministic order (not
+verified here: the machines this was built on have no GPU).
 """
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import (
     AutoModelForCausalLM,
     MixtralConfig,
@@ -25,85 +38,13 @@ from transformers import (
 )
 
 from ..common.devices import pick_device, seed_everything
+from ..common.training import TrainingConfig, load_weights, train
+from .config import ZooConfig
 from .corpus import format_problem, load_corpus
 from .evaluate import EM_PROBLEMS, PPL_TOKENS, evaluate_model, token_stream
 from .tokenizer import train_bpe
 
 Progress = Callable[[int, int, dict], None]
-
-
-class ZooConfig(BaseModel):
-    """How the zoo's MoE is shaped and trained. The defaults were measured on two CPU cores:
-    about five minutes of training, held-out perplexity ~57 (add-one unigram baseline ~470) and
-    held-out exact match ~0.59."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
-
-    arch: Literal["mixtral", "qwen2_moe"] = "mixtral"
-    """Mixtral is the paper's main subject (8 experts, top-2, no shared expert); qwen2_moe adds an
-    always-on shared expert, the other MoE family the paper prunes."""
-    layers: int = Field(default=4, ge=1, le=32)
-    """Four MoE layers give expert pruning several layers to choose between while one training
-    step stays under half a second on two cores."""
-    experts: int = Field(default=8, ge=2, le=64)
-    """Mixtral's eight experts per layer: enough that pruning 25-50% of them is a real choice."""
-    top_k: int = Field(default=2, ge=1, le=8)
-    """Mixtral routes each token to two experts; STUN's expert pruning is defined for top-k routing."""
-    hidden: int = Field(default=128, ge=16, le=4096)
-    """Model width: at 128 a step of 4096 tokens takes about 0.45 s on two cores, so the
-    default steps fit the budget."""
-    intermediate: int = Field(default=256, ge=16, le=16384)
-    """Width of each expert's SwiGLU; twice the hidden size keeps expert weights the bulk of the
-    parameters, as in real MoEs, which is what makes pruning them matter."""
-    shared_intermediate: int = Field(default=256, ge=16, le=16384)
-    """Width of qwen2_moe's shared expert (ignored for mixtral); one expert's worth of width."""
-    heads: int = Field(default=4, ge=1, le=64)
-    """Four heads of 32 dims each at hidden 128."""
-    kv_heads: int = Field(default=2, ge=1, le=64)
-    """Grouped-query attention as in Mixtral (fewer key/value heads than query heads)."""
-    vocab_size: int = Field(default=2048, ge=258, le=65536)
-    """Byte-level BPE size: small, so the embedding does not dominate a 128-wide model, yet large
-    enough that Shakespeare averages about 2.7 characters per token."""
-    seq_len: int = Field(default=256, ge=16, le=4096)
-    """Training window and perplexity window; 256 tokens hold a speech or five problems."""
-    batch_size: int = Field(default=16, ge=1, le=1024)
-    """Sequences per step: 4096 tokens per step at seq_len 256."""
-    steps: int = Field(default=600, ge=1, le=1_000_000)
-    """Optimizer steps: 600 steps (2.5M tokens, about 0.7 passes over the training plays) take
-    about 4.5-5 minutes on two idle CPU cores, inside the flow's six-minute budget for the zoo."""
-    lr: float = Field(default=3e-3, gt=0.0, le=1.0)
-    """Peak AdamW learning rate; a model this small trained for a few hundred steps needs a high
-    one, and 3e-3 trained stably (no loss spikes) with the router aux loss on."""
-    warmup_steps: int = Field(default=50, ge=0, le=100_000)
-    """Linear warmup before the cosine decay, so the router does not lock in on early noise."""
-    router_aux_loss_coef: float = Field(default=0.01, ge=0.0, le=1.0)
-    """Switch Transformer's load-balancing weight (Mixtral used 0.001): with it the balance loss
-    stays at its balanced value (about top_k) throughout training, so every expert is used and
-    pruning any of them costs something."""
-    problem_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
-    """Share of training sequences that are arithmetic problems. At 0.625 exact match did not
-    improve while held-out perplexity rose from ~52 to ~65; 0.5 serves both metrics."""
-    n_train_problems: int = Field(default=20_000, ge=1, le=10_000_000)
-    """Training problems written (keys repeat with other names and items); about as many as the
-    problem half of training reads, so few are seen twice."""
-    n_heldout_problems: int = Field(default=200, ge=1, le=300)
-    """Held-out problems, each a distinct (template, numbers) key; evaluation scores the first
-    160. The held-out quarter of the key space holds only about 320 keys, hence the cap."""
-    heldout_works: int = Field(default=2, ge=1, le=20)
-    """Whole plays held out for perplexity; two plays give over 100k held-out tokens."""
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    """Seeds the corpus split, initialisation and batch order: a rerun gives the same model."""
-
-    @model_validator(mode="after")
-    def _shapes_fit(self) -> "ZooConfig":
-        # Checked here, not only when the model is built, so a bad shape fails before any work.
-        if self.hidden % self.heads:
-            raise ValueError(f"heads: hidden={self.hidden} is not divisible by heads={self.heads}")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"kv_heads: heads={self.heads} is not divisible by kv_heads={self.kv_heads}")
-        if self.top_k > self.experts:
-            raise ValueError(f"top_k: {self.top_k} exceeds experts={self.experts}")
-        return self
 
 
 # ---------------------------------------------------------------------------- model config
@@ -180,38 +121,82 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     return {"params": total, "expert_params": expert, "active_params": active}
 
 
-# ---------------------------------------------------------------------------- data
+# ---------------------------------------------------------------------------- training recipe
 
 
-class _Batches:
-    """Random training windows: whole-problem windows at ``problem_fraction``, else Shakespeare.
+def lr_at(step: int, cfg: ZooConfig) -> float:
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac))))
 
-    Problem windows start at a problem boundary (the eos before it), so the model mostly sees
-    complete question → answer pairs; text windows start anywhere.
+
+class ZooRecipe:
+    """The zoo LM's training on :func:`tasks.common.training.train`: one model (``lm``), AdamW
+    with weight decay on matrices only, warmup + cosine learning rate, the engine's gradient
+    clipping at 1 and bf16 autocast on GPUs.
+
+    A batch holds ``problem_fraction`` whole-problem windows (starting at a problem boundary, the
+    eos before it, so the model mostly sees complete question → answer pairs) and Shakespeare
+    windows starting anywhere. Its window starts are drawn from a generator seeded by (seed,
+    step, rank) alone, so a run resumed from a checkpoint sees exactly the batches the unbroken
+    run would have, and initialisation is seeded by ``seed`` in :meth:`build`.
     """
 
-    def __init__(self, text_ids: np.ndarray, problem_ids: np.ndarray, problem_starts: np.ndarray,
-                 cfg: ZooConfig) -> None:
+    def __init__(self, cfg: ZooConfig, moe_config: PretrainedConfig, text_ids: np.ndarray, problem_ids: np.ndarray,
+                 problem_starts: np.ndarray, device_type: str) -> None:
         T = cfg.seq_len
         if len(text_ids) <= T and cfg.problem_fraction < 1.0:
             raise ValueError(f"training text has {len(text_ids)} tokens, fewer than seq_len+1={T + 1}")
         if len(problem_ids) <= T and cfg.problem_fraction > 0.0:
             raise ValueError(f"training problems have {len(problem_ids)} tokens, fewer than seq_len+1={T + 1}")
+        self.cfg, self.moe_config = cfg, moe_config
+        self.steps, self.micro_batch = cfg.steps, cfg.batch_size
         self.text_ids, self.problem_ids = text_ids, problem_ids
         self.problem_starts = problem_starts[problem_starts < len(problem_ids) - T]
-        self.T, self.B = T, cfg.batch_size
         self.n_problem = round(cfg.batch_size * cfg.problem_fraction)
-        self.rng = np.random.default_rng(cfg.seed)
+        # On CPU the per-expert loop ("eager") measured as fast as grouped_mm at these sizes and
+        # batched_mm ~80x slower; on a GPU the library's default kernel is used. This choice is
+        # not saved in config.json, so it never follows the checkpoint.
+        self.model_kwargs = {"experts_implementation": "eager"} if device_type == "cpu" else {}
 
-    def next(self) -> torch.Tensor:
-        rows = []
-        for _ in range(self.n_problem):
-            s = int(self.rng.choice(self.problem_starts))
-            rows.append(self.problem_ids[s : s + self.T])
-        for _ in range(self.B - self.n_problem):
-            s = int(self.rng.integers(0, len(self.text_ids) - self.T))
-            rows.append(self.text_ids[s : s + self.T])
-        return torch.from_numpy(np.stack(rows).astype(np.int64))  # [B, T]
+    def build(self) -> dict[str, torch.nn.Module]:
+        torch.manual_seed(self.cfg.seed)
+        model = AutoModelForCausalLM.from_config(self.moe_config, **self.model_kwargs)
+        model.train()
+        return {"lm": model}
+
+    def optimizer(self, name: str, module: torch.nn.Module) -> torch.optim.Optimizer:
+        decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+        )
+
+    def schedule(self, name: str, optimizer: torch.optim.Optimizer, step: int) -> None:
+        lr = lr_at(step, self.cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+
+    def batch(self, step: int, rank: int, device: torch.device) -> dict[str, torch.Tensor]:
+        T = self.cfg.seq_len
+        rng = np.random.default_rng((self.cfg.seed, step, rank))
+        starts = rng.choice(self.problem_starts, size=self.n_problem) if self.n_problem else []
+        rows = [self.problem_ids[s : s + T] for s in starts]
+        n_text = self.cfg.batch_size - self.n_problem
+        rows += [self.text_ids[s : s + T] for s in rng.integers(0, len(self.text_ids) - T, size=n_text)] if n_text else []
+        return {"input_ids": torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)}  # [B, T]
+
+    def loss(self, name: str, models: dict[str, Any], batch: dict[str, torch.Tensor], cache: dict, step: int):
+        ids = batch["input_ids"]
+        out = models["lm"](input_ids=ids, labels=ids, output_router_logits=True, use_cache=False)
+        # out.loss already includes router_aux_loss_coef * aux_loss; log the LM part alone.
+        aux = out.aux_loss
+        lm_loss = out.loss - self.cfg.router_aux_loss_coef * aux if aux is not None else out.loss
+        return out.loss, {"loss": float(lm_loss.detach()), "aux_loss": float(aux.detach()) if aux is not None else 0.0,
+                          "lr": lr_at(step, self.cfg)}
 
 
 def _problem_stream(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,14 +211,6 @@ def _problem_stream(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.nd
     return np.asarray(stream, dtype=np.int32), np.asarray(starts, dtype=np.int64)
 
 
-def _lr_at(step: int, cfg: ZooConfig) -> float:
-    """Linear warmup, then cosine decay to a tenth of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac))))
-
-
 def _unigram_ppl(train_ids: np.ndarray, heldout_ids: list[int], vocab_size: int) -> float:
     """Perplexity of add-one unigram frequencies: the floor a trained LM must clearly beat."""
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
@@ -242,6 +219,10 @@ def _unigram_ppl(train_ids: np.ndarray, heldout_ids: list[int], vocab_size: int)
 
 
 # ---------------------------------------------------------------------------- training
+
+#: most steps between training checkpoints: a kill loses at most this much work (~45 s at the
+#: defaults); a short run checkpoints at least six times
+CHECKPOINT_EVERY = 100
 
 
 def train_zoo(
@@ -253,14 +234,21 @@ def train_zoo(
     device: str = "auto",
     eval_ppl_tokens: int = PPL_TOKENS,
     eval_problems: int = EM_PROBLEMS,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> dict:
     """Train tokenizer and MoE on ``corpus_dir``, save both into ``out_dir``, return metrics.
 
-    Metrics: ``dense_ppl`` / ``dense_exact_match`` (held-out, by :func:`evaluate_model` with its
-    default sizes unless ``eval_ppl_tokens`` / ``eval_problems`` say otherwise),
-    ``unigram_ppl`` (baseline on the same tokens), ``train_seconds``, ``params``,
-    ``expert_params``, ``active_params``, ``final_loss`` and a sparse ``loss_curve``.
-    ``device="auto"`` trains on a GPU where one is visible (bf16 autocast there, fp32 weights).
+    Training checkpoints go to ``checkpoint_dir`` (kept by the caller across a crash: a rerun
+    resumes from the newest one); without one they go to a hidden folder inside ``out_dir``
+    that is removed when training ends. Metrics: ``dense_ppl`` / ``dense_exact_match``
+    (held-out, by :func:`evaluate_model` with its default sizes unless ``eval_ppl_tokens`` /
+    ``eval_problems`` say otherwise), ``unigram_ppl`` (baseline on the same tokens),
+    ``train_seconds``, ``resumed_from_step``, ``threads`` / ``cpu_capability`` / ``torch`` (what
+    besides the config decides the bits), ``params``, ``expert_params``,
+    ``active_params``, ``final_loss`` (mean LM loss of the last four logged steps) and a sparse
+    ``loss_curve``. ``device="auto"`` trains on a GPU where one is visible (bf16 autocast
+    there, fp32 weights). The caller sets the thread count (``cfg.threads``).
     """
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -276,54 +264,29 @@ def train_zoo(
 
     text_ids = np.asarray(token_stream(tokenizer, corpus.train_text), dtype=np.int32)
     problem_ids, problem_starts = _problem_stream(tokenizer, problem_texts)
-    batches = _Batches(text_ids, problem_ids, problem_starts, cfg)
+    recipe = ZooRecipe(cfg, build_moe_config(cfg, vocab_size, tokenizer), text_ids, problem_ids, problem_starts,
+                       dev.type)
 
-    moe_config = build_moe_config(cfg, vocab_size, tokenizer)
-    torch.manual_seed(cfg.seed)
-    # On CPU the per-expert loop ("eager") measured as fast as grouped_mm at these sizes and
-    # batched_mm ~80x slower; on a GPU the library's default kernel is used. This choice is not
-    # saved in config.json, so it never follows the checkpoint.
-    impl = {"experts_implementation": "eager"} if dev.type == "cpu" else {}
-    model = AutoModelForCausalLM.from_config(moe_config, **impl).to(dev)
-    model.train()
-
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-
-    loss_curve: list[tuple[int, float]] = []
-    ema: float | None = None
+    own_checkpoints = checkpoint_dir is None
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / ".checkpoints"
     every = max(1, min(25, cfg.steps // 20))
-    t_train = time.time()
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
-        ids = batches.next().to(dev)  # [B, T]
-        # bf16 autocast on GPUs (halves activation memory, tensor-core matmuls); fp32 on CPU.
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            out = model(input_ids=ids, labels=ids, output_router_logits=True, use_cache=False)
-        # out.loss already includes router_aux_loss_coef * aux_loss; log the LM part alone.
-        lm_loss = out.loss - cfg.router_aux_loss_coef * out.aux_loss if out.aux_loss is not None else out.loss
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        lv = float(lm_loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"training diverged at step {step}: loss={lv}")
-        ema = lv if ema is None else 0.9 * ema + 0.1 * lv
-        if step % every == 0 or step == cfg.steps - 1:
-            loss_curve.append((step, lv))
-            if progress is not None:
-                aux = float(out.aux_loss.detach()) if out.aux_loss is not None else 0.0
-                progress(step + 1, cfg.steps, {"loss": lv, "loss_ema": ema, "aux_loss": aux,
-                                               "lr": _lr_at(step, cfg)})
-    train_seconds = time.time() - t_train
+    # Plain torch, not DeepSpeed: ZeRO buys nothing at this size, and one code path keeps the
+    # zoo's numbers the same with and without a GPU backend installed.
+    checkpoint_every = checkpoint_every or max(1, min(CHECKPOINT_EVERY, cfg.steps // 6))
+    tcfg = TrainingConfig(backend="torch", device=dev.type, checkpoint_every=checkpoint_every, keep_checkpoints=1,
+                          grad_clip=1.0, log_every=every)
 
-    model.eval()
+    def report(done: int, total: int, logs: dict) -> None:
+        if progress is not None:
+            progress(done, total, {k.split("/", 1)[-1]: v for k, v in logs.items()})
+
+    res = train(recipe, tcfg, ckpt_dir, progress=report)
+    model = recipe.build()["lm"]
+    model.load_state_dict(load_weights(res.checkpoint, "lm"))
+    model.to(dev).eval()
+    if own_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -333,16 +296,26 @@ def train_zoo(
                              max_ppl_tokens=eval_ppl_tokens, n_problems=eval_problems)
     eval_seconds = time.time() - t_eval
     heldout_ids = token_stream(tokenizer, corpus.heldout_text, eval_ppl_tokens)
+    curve = [(int(h["step"]), float(h["lm/loss"])) for h in res.history if "lm/loss" in h]
+    tail = [loss for _, loss in curve[-4:]]
     return {
         "dense_ppl": metrics["ppl"],
         "dense_exact_match": metrics["exact_match"],
         "unigram_ppl": _unigram_ppl(text_ids, heldout_ids, vocab_size),
         "examples": metrics["examples"],
-        "train_seconds": train_seconds,
+        "train_seconds": res.wall_seconds,
+        "resumed_from_step": res.start_step,
+        # what besides the config decides the bits (module docstring): recorded, so a table that
+        # differs from another machine's can be traced to its kernels
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "device": res.device,
+        "precision": res.precision,
         "total_seconds": time.time() - t0,
         "eval_seconds": eval_seconds,
-        "final_loss": ema,
-        "loss_curve": loss_curve,
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "loss_curve": curve,
         "train_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
         "vocab_size": vocab_size,
         **count_params(model),

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .artifacts import data_root
+from tasks.common.artifacts import data_root
 
 
 @contextmanager
