@@ -16,7 +16,7 @@ def animeceleb(cfg: AnimeCelebConfig, res: RunResources) -> FlowReport:
     domain and identity) → render (Blender worker actors, one ``bpy`` each; shard by shard,
     resumable, every reused shard verified) → dataset (manifest checked against the plan,
     contact sheets, stats). Out: ``data/animeceleb/`` (DVC outs),
-    ``data/animeceleb/dataset/stats.json`` (DVC metrics), ``dataset/contact_sheets/*.png``.
+    ``dataset/headline.json`` (DVC metrics; ``stats.json`` in full), ``dataset/contact_sheets/*.png``.
 
     Run: ``paperline run animeceleb --set identities=8 frames_per_identity=16 resolution=128`` ·
     ``dvc repro animeceleb`` · the ``animeceleb`` deployment in the dashboard.

@@ -129,25 +129,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.platform.runner import make_task_runner
 
     with run_console(spec.name, console, verbose=getattr(args, "verbose", False)) as log:
-        console.print(f"[bold]{spec.name}[/] · Prefect API {url} · log {_short(log.path)}", highlight=False)
+        console.print(f"[bold]{spec.name}[/] · Prefect API {url} · log {_short(log.path)}", highlight=False,
+                      soft_wrap=True)
         fn = spec.load_flow().with_options(task_runner=make_task_runner())
         try:
             result = fn(config=cfg)
         except BaseException:
-            console.print(f"full log: {_short(log.path)}", highlight=False)
+            console.print(f"full log: {_short(log.path)}", highlight=False, soft_wrap=True)
             raise
     console.rule(f"{spec.name}: results")
-    console.print(result.get("table", ""), highlight=False)
+    console.print(result.get("table", ""), highlight=False, soft_wrap=True, markup=False)
     for k, v in result.items():
         if k not in ("table", "dvc"):
-            console.print(f"{k}: {_short(v) if isinstance(v, str) else v}", highlight=False)
+            console.print(f"{k}: {_short(v) if isinstance(v, str) else v}", highlight=False, soft_wrap=True, markup=False)
     dvc = result.get("dvc") or {}
     console.print(f"DVC: {dvc.get('recorded_by')}" + (f"; pushed to {dvc['pushed_to']}" if dvc.get("pushed_to") else "")
-                  + (f" (git {dvc.get('git')})" if dvc.get("git") else ""), highlight=False, soft_wrap=True)
+                  + (f" (git {dvc.get('git')})" if dvc.get("git") else ""), highlight=False, soft_wrap=True, markup=False)
     if not external_api:
         console.print(f"Prefect server still running: dashboard {url.rsplit('/api', 1)[0]} "
-                      f"(stop it with `paperline server --stop`)", highlight=False)
-    console.print(f"full log: {_short(log.path)}", highlight=False)
+                      f"(stop it with `paperline server --stop`)", highlight=False, soft_wrap=True)
+    console.print(f"full log: {_short(log.path)}", highlight=False, soft_wrap=True)
     return 0
 
 

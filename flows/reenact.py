@@ -20,7 +20,7 @@ def reenact(cfg: ReenactConfig, res: RunResources) -> FlowReport:
     baseline, self-reenactment PSNR/SSIM/L1, expression fidelity; a human driving sequence →
     EDTN → generator as a PNG strip and an MP4). Training runs on the shared engine: plain torch
     on CPU, DeepSpeed ZeRO-2 bf16 on a GPU, Ray Train across GPUs. Out: ``data/reenact/`` (DVC
-    outs), ``report/metrics.json`` (DVC metrics), ``report/cross_domain.{png,mp4}``,
+    outs), ``report/headline.json`` (DVC metrics; ``metrics.json`` in full), ``report/cross_domain.{png,mp4}``,
     ``report/self_reenactment.png``.
 
     Run: ``paperline run reenact --set generator.steps=1000`` · ``dvc repro reenact`` ·

@@ -1,17 +1,4 @@
-"""``s3nas``: NPU-aware architecture search with a simulated NPU, scaled to a latency target.
-
-In: Fashion-MNIST (Debian's ``dataset-fashion-mnist``), an NPU description (SCALE-Sim systolic
-array) and a latency target T. Chain: data → latency table (the target check first, then
-SCALE-Sim on a pool of Ray actors, per-layer cache) → analytical estimator fitted to it and
-checked on held-out whole networks → supernet training + single-path search at the tighter
-target → random search with the same budget → compound scaling of ours, the random-search
-winner and a hand-designed EfficientNet-B0-style net to T (estimator, then simulator
-confirmation) → final training (+ SE removal for ours) → report. Out: ``data/s3nas/`` (DVC
-outs), ``report/metrics.json`` (DVC metrics), ``report/results.csv`` (DVC plots), ``pareto.png``.
-
-Run: ``paperline run s3nas --set target_latency_us=400`` · ``dvc repro s3nas`` ·
-``dvc exp run -S s3nas.target_latency_us=500`` · the ``s3nas-weekly`` deployment.
-"""
+"""The ``s3nas`` flow: NPU-aware architecture search on a simulated NPU, as a runbook."""
 from __future__ import annotations
 
 from flows.platform.scaffold import FlowReport, RunResources, paperline_flow
@@ -21,6 +8,21 @@ from tasks.s3nas.config import S3NASConfig
 
 @paperline_flow("s3nas", S3NASConfig)
 def s3nas(cfg: S3NASConfig, res: RunResources) -> FlowReport:
+    """``s3nas``: NPU-aware architecture search with a simulated NPU, scaled to a latency target.
+
+    In: Fashion-MNIST (Debian's ``dataset-fashion-mnist``), an NPU description (SCALE-Sim systolic
+    array) and a latency target T. Chain: data → latency table (the target check first, then
+    SCALE-Sim on a pool of Ray actors, per-layer cache) → analytical estimator fitted to it and
+    checked on held-out whole networks → supernet training + single-path search at the tighter
+    target → random search with the same budget → compound scaling of ours, the random-search
+    winner and a hand-designed EfficientNet-B0-style net to T (estimator, then simulator
+    confirmation) → final training (+ SE removal for ours) → report. Out: ``data/s3nas/`` (DVC
+    outs), ``report/headline.json`` (DVC metrics; ``metrics.json`` in full), ``report/results.csv``
+    (DVC plots), ``pareto.png``.
+
+    Run: ``paperline run s3nas --set target_latency_us=400`` · ``dvc repro s3nas`` ·
+    ``dvc exp run -S s3nas.target_latency_us=500`` · the ``s3nas-weekly`` deployment.
+    """
     # Training steps run two at a time, each on half the cores (and a GPU when there is one).
     threads = max(1, res.cpus // 2)
     with res.steps(cpus=1):

@@ -52,6 +52,19 @@ def ray_local(prefect_server):
 
 
 @pytest.fixture(scope="module")
+def ray_two_cpus():
+    """A fresh embedded Ray with two CPUs for one test module (worker-pool tests)."""
+    import ray
+
+    from flows.platform.runner import ray_init_kwargs
+
+    ray.shutdown()
+    ray.init(**{**ray_init_kwargs(None), "num_cpus": 2})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def toy_flow(tmp_path_factory, prefect_server):
     """``toy_flow(name, overrides)`` → (data root, config, first result, rerun): the real flow on
     a fresh embedded Ray, outputs in a temp data root, DVC off; environment restored after."""

@@ -16,3 +16,23 @@ def test_never_run_up_to_date_and_changed_are_told_apart():
     assert rows["animeceleb"].state == "changed" and "parameters changed" in rows["animeceleb"].detail
     assert rows["s3nas"].state == "changed" and rows["s3nas"].hint == "dvc pull s3nas"
     assert rows["reenact"].state == "up to date"
+
+
+def test_dvc_views_are_headline_metrics_and_one_curve_per_default_method():
+    """dvc.yaml's top-level plots name exactly the curves the default stun config writes, and
+    every stage's DVC metrics file is its small headline file."""
+    import yaml
+
+    from tasks.common.artifacts import PROJECT_ROOT
+    from tasks.common.config import load_config
+    from tasks.stun.config import StunConfig
+    from tasks.stun.sweep import sweep_variants
+
+    doc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    for stage in doc["stages"].values():
+        metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+        assert metrics and all(m.endswith("headline.json") for m in metrics)
+    methods = {v.method for v in sweep_variants(load_config("stun", StunConfig), n_experts=8, top_k=2)} - {"dense"}
+    for plot in doc["plots"]:
+        (pid, spec), = plot.items()
+        assert {f.rsplit("/", 1)[1].removesuffix(".csv") for f in spec["y"]} == methods, pid

@@ -121,18 +121,6 @@ def test_layer_mapping_shapes():
     assert NPULayer.from_dict(l.to_dict()) == l
 
 
-@pytest.fixture(scope="module")
-def ray_two_cpus():
-    import ray
-
-    from flows.platform.runner import ray_init_kwargs
-
-    ray.shutdown()
-    ray.init(**{**ray_init_kwargs(None), "num_cpus": 2})
-    yield
-    ray.shutdown()
-
-
 def test_a_killed_simulator_is_replaced_and_every_layer_lands_in_the_cache_once(ray_two_cpus, tmp_path):
     """The NPU pool (workers.pool.run_pool): SIGKILL a simulator while it runs a layer — the
     layer is simulated again on a fresh actor, nothing is lost, no layer is stored twice."""

@@ -13,18 +13,6 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from flows.platform.runner import ray_init_kwargs
-
-    ray.shutdown()
-    ray.init(**{**ray_init_kwargs(None), "num_cpus": 2})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_moe(tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM, MixtralConfig
 
@@ -70,7 +58,7 @@ def _claim(tmp_path: Path, key: str = "k"):
     return ResumableStep(tmp_path / "shards", key).claim()
 
 
-def test_sharded_counts_equal_one_sweep_in_process(ray_cluster, tiny_moe, calib, reference, tmp_path):
+def test_sharded_counts_equal_one_sweep_in_process(ray_two_cpus, tiny_moe, calib, reference, tmp_path):
     from workers.profiler import profile_calibration
 
     prof, stats = profile_calibration(tiny_moe, calib, _claim(tmp_path), workers=2)
@@ -84,7 +72,7 @@ def test_sharded_counts_equal_one_sweep_in_process(ray_cluster, tiny_moe, calib,
     assert stats3["shards"] == 3
 
 
-def test_a_killed_profiler_is_replaced_and_its_shard_redone(ray_cluster, tiny_moe, calib, reference, tmp_path):
+def test_a_killed_profiler_is_replaced_and_its_shard_redone(ray_two_cpus, tiny_moe, calib, reference, tmp_path):
     import psutil
 
     from workers.profiler import profile_calibration
@@ -105,7 +93,7 @@ def test_a_killed_profiler_is_replaced_and_its_shard_redone(ray_cluster, tiny_mo
     _same(prof, reference)
 
 
-def test_a_rerun_reuses_intact_shards_and_redoes_a_damaged_one(ray_cluster, tiny_moe, calib, reference, tmp_path):
+def test_a_rerun_reuses_intact_shards_and_redoes_a_damaged_one(ray_two_cpus, tiny_moe, calib, reference, tmp_path):
     from tasks.stun.profiling import TENSORS_FILE
     from workers.profiler import profile_calibration
 
@@ -118,7 +106,7 @@ def test_a_rerun_reuses_intact_shards_and_redoes_a_damaged_one(ray_cluster, tiny
     _same(prof, reference)
 
 
-def test_a_model_that_cannot_load_fails_the_sweep_once_with_its_own_error(ray_cluster, tiny_moe, calib, tmp_path):
+def test_a_model_that_cannot_load_fails_the_sweep_once_with_its_own_error(ray_two_cpus, tiny_moe, calib, tmp_path):
     import shutil
 
     from tasks.stun.adapters import MoEModelError

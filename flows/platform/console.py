@@ -41,6 +41,9 @@ class RunLog:
         self._handler = logging.StreamHandler(self._fh)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         self._quieted: list[tuple[logging.Handler, int]] = []
+        self._tty = sys.stderr.isatty()
+        self._last_line: dict[str, float] = {}
+        self.line_every_s = 20.0
 
     # ------------------------------------------------------------------ python logging
 
@@ -90,18 +93,46 @@ class RunLog:
             ray_worker.print_to_stdstream(data, ignore_prefix=False)
             return
         bars = [ln for ln in lines if RAY_TQDM_MAGIC in ln]
-        if bars:
+        if bars and self._tty:
             ray_worker.print_worker_logs({**data, "lines": bars}, sys.stderr)
+        elif bars:
+            self._plain_progress(bars)
         for line in lines:
             if STEP_EVENT in line:
                 self.step_event(line.split(STEP_EVENT, 1)[1].strip())
 
+    def _plain_progress(self, bars: list[str]) -> None:
+        """Without a terminal (CI, a pipe) a redrawn bar is noise: a plain line per bar every
+        ``line_every_s`` seconds instead."""
+        import json
+
+        now = time.monotonic()
+        for line in bars:
+            try:
+                state = json.loads(line[line.index("{"):])
+            except ValueError:
+                continue
+            uid, total = state.get("uuid"), state.get("total") or 0
+            if uid not in self._last_line:
+                self._last_line[uid] = now  # a loop gets its first line only once it has run a while
+            if state.get("closed") or now - self._last_line[uid] < self.line_every_s:
+                continue
+            self._last_line[uid] = now
+            pct = f" ({100 * state['x'] / total:.0f}%)" if total else ""
+            self.console.print(f"    … {state.get('desc', '')}: {state.get('x', 0)}/{total or '?'}{pct}",
+                               highlight=False, soft_wrap=True, markup=False)
+
     def step_event(self, text: str) -> None:
-        name, _, what = text.partition(" ")
-        style = {"started": "dim", "reused": "cyan", "done": "green", "failed": "red"}.get(what.split(" ")[0], "")
-        mark = {"started": "·", "reused": "↺", "done": "✓", "failed": "✗"}.get(what.split(" ")[0], " ")
-        self.console.print(f"  {mark} [bold]{name}[/] [{style}]{what}[/]" if style else f"  {mark} {name} {what}",
-                           highlight=False)
+        """One console line per finished step (a start line would double the log; long steps
+        show a live bar instead)."""
+        from rich.markup import escape
+
+        for verb, mark, style in (("done", "✓", "green"), ("reused", "↺", "cyan"), ("failed", "✗", "red")):
+            head, sep, tail = text.rpartition(f" {verb}")
+            if sep:
+                self.console.print(f"  [{style}]{mark}[/] {escape(head)} [{style}]{verb}{escape(tail)}[/]",
+                                   highlight=False, soft_wrap=True)
+                return
 
     def close(self) -> None:
         for h, level in self._quieted:

@@ -127,7 +127,9 @@ def paperline_flow(name: str, config_cls: type[FlowConfig], *, attempts: int = 2
         entry.__name__ = entry.__qualname__ = body.__name__
         entry.__module__ = body.__module__
         entry.__doc__ = body.__doc__
-        return flow(name=name, task_runner=make_task_runner(), log_prints=True, validate_parameters=True)(entry)
+        # log_prints stays off: a step's progress bar and event lines are printed for the run console
+        # (tqdm_ray decodes them in the driver) and must not arrive wrapped in a log prefix.
+        return flow(name=name, task_runner=make_task_runner(), log_prints=False, validate_parameters=True)(entry)
 
     return deco
 

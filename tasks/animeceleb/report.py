@@ -48,6 +48,13 @@ def label_stats(manifest: pd.DataFrame) -> dict:
     return out
 
 
+def headline(stats: dict) -> dict:
+    """DVC's metrics view: frames and identities per domain, and the render rate."""
+    return {"frames": stats["frames"],
+            **{d: {"frames": s["frames"], "identities": s["identities"]} for d, s in stats["by_domain"].items()},
+            "frames_per_second": round(stats["render"]["frames_per_second"], 3)}
+
+
 def render_stats(runs: list[dict]) -> dict:
     """Render throughput over the runs that made the current shards (a resumed render has several)."""
     worked = [r for r in runs if r["frames"]] or [{"frames_per_second": 0.0, "workers": 0, "per_worker": []}]

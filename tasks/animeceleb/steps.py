@@ -159,7 +159,7 @@ def append_render_log(run: dict[str, Any]) -> None:
 @step("animeceleb.dataset", run_name="dataset[{cfg.resolution}px]")
 def dataset(cfg: AnimeCelebConfig, plan_dir: Path, shards_dir: Path, models_dir: Path) -> Path:
     """The manifest (every label, checked: every frame once), splits, stats and contact sheets."""
-    from .report import contact_sheet, label_stats, render_stats, summary_table
+    from .report import contact_sheet, headline, label_stats, render_stats, summary_table
     from .shards import merge_manifest
 
     out = step_dir(FLOW, "dataset")
@@ -181,5 +181,6 @@ def dataset(cfg: AnimeCelebConfig, plan_dir: Path, shards_dir: Path, models_dir:
             runs = [r for r in read_render_log(render_log_path()) if r["key"] == key_of_shards]
             stats = {**label_stats(manifest), "render": render_stats(runs), "contact_sheets": names}
             write_json(tmp / "stats.json", stats)
+            write_json(tmp / "headline.json", headline(stats))
             (tmp / "table.md").write_text(summary_table(stats) + "\n")
     return out

@@ -18,7 +18,7 @@ import inspect
 import textwrap
 from pathlib import Path
 from types import FunctionType
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .artifacts import PROJECT_ROOT
 
@@ -125,26 +125,19 @@ def step_modules(fn: Callable) -> tuple[set[str], list[str]]:
     return roots, sources
 
 
-def code_fingerprint(fn: Callable) -> str:
-    """Digest of a step's code: its own source plus every project module it reaches."""
-    roots, sources = step_modules(fn)
-    h = hashlib.sha256()
-    for s in sources:
-        h.update(s.encode())
-    for name in sorted(module_closure(roots)):
-        file = module_file(name)
-        assert file is not None
-        h.update(str(file.relative_to(SOURCE_ROOT)).encode())
-        h.update(file.read_bytes())
-    return h.hexdigest()
-
-
-def modules_fingerprint(modules: Iterable[str]) -> str:
-    """Digest of the given project modules and everything they import (for code outside a step)."""
-    h = hashlib.sha256()
+def _hash_modules(h: Any, modules: Iterable[str]) -> str:
     for name in sorted(module_closure(modules)):
         file = module_file(name)
         assert file is not None
         h.update(str(file.relative_to(SOURCE_ROOT)).encode())
         h.update(file.read_bytes())
     return h.hexdigest()
+
+
+def code_fingerprint(fn: Callable) -> str:
+    """Digest of a step's code: its own source plus every project module it reaches."""
+    roots, sources = step_modules(fn)
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(s.encode())
+    return _hash_modules(h, roots)

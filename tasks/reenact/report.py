@@ -90,7 +90,17 @@ def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: P
     }
     write_json(out / "metrics_full.json", metrics)
     write_json(out / "metrics.json", flat_metrics(metrics))
+    write_json(out / "headline.json", headline(flat_metrics(metrics)))
     (out / "table.md").write_text(tables(metrics) + "\n")
+
+
+def headline(flat: dict) -> dict:
+    """DVC's metrics view: EDTN vs its baseline (vertex error) and the generator (PSNR) per split."""
+    return {
+        "edtn_vertex_mm": {e: {m: v["vertex_mm"] for m, v in methods.items()} for e, methods in flat["edtn"].items()},
+        "generator_psnr_db": {s: {m: v["psnr_db"] for m, v in methods.items() if "psnr_db" in v}
+                              for s, methods in flat["generator"].items()},
+    }
 
 
 def flat_metrics(m: dict) -> dict:

@@ -35,8 +35,8 @@ def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: 
     from tasks.common.training import load_weights, train
 
     set_threads(threads)
-    # resources.device rules every step; the engine's own "auto" then finds the GPU Ray gave it
-    training = cfg.training.model_copy(update={"device": "cpu"}) if cfg.resources.device == "cpu" else cfg.training
+    # resources.device rules every step (cuda:N is the GPU Ray gave this step, seen as cuda)
+    training = cfg.training.model_copy(update={"device": cfg.resources.device.split(":")[0]})
     out = step_dir(FLOW, name)
     key = cache_key(step=name, config={**config, "training": training, "seed": cfg.seed}, inputs=inputs)
     run = ResumableStep(out, key)

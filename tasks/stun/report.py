@@ -45,6 +45,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any, zoo: dict[str,
     if zoo:
         metrics["zoo"] = {k: zoo[k] for k in ("train_seconds", "params", "expert_params") if k in zoo}
     write_json(out / "metrics.json", metrics)
+    write_json(out / "headline.json", headline(table, getattr(cfg, "export_sparsity", None)))
 
     curves = out / "curves"
     curves.mkdir(exist_ok=True)
@@ -66,6 +67,20 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any, zoo: dict[str,
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(md + "\n")
     return {"table": table, "markdown": md, "metrics": metrics}
+
+
+def headline(table: list[dict[str, Any]], sparsity: float | None) -> dict[str, Any]:
+    """DVC's metrics view: dense, and every method at the exported sparsity (ppl, exact match);
+    the full sweep stays in ``metrics.json``."""
+    targets = sorted({t["target_sparsity"] for t in table if t["method"] != "dense"})
+    if not targets:
+        return {}
+    at = min(targets, key=lambda x: abs(x - (sparsity if sparsity is not None else targets[len(targets) // 2])))
+    out: dict[str, Any] = {"sparsity": at}
+    for t in table:
+        if t["method"] == "dense" or t["target_sparsity"] == at:
+            out[t["method"]] = {"ppl": t["ppl"], "exact_match": t["exact_match"]}
+    return out
 
 
 def plot_curves(table: list[dict[str, Any]], path: Path) -> None:

@@ -51,13 +51,7 @@ Progress = Callable[[int, int, dict], None]
 
 
 def build_moe_config(cfg: ZooConfig, vocab_size: int, tokenizer: Any) -> PretrainedConfig:
-    """The ``transformers`` config of the zoo model for ``cfg.arch``."""
-    if cfg.hidden % cfg.heads:
-        raise ValueError(f"hidden={cfg.hidden} is not divisible by heads={cfg.heads}")
-    if cfg.heads % cfg.kv_heads:
-        raise ValueError(f"heads={cfg.heads} is not divisible by kv_heads={cfg.kv_heads}")
-    if cfg.top_k > cfg.experts:
-        raise ValueError(f"top_k={cfg.top_k} exceeds experts={cfg.experts}")
+    """The ``transformers`` config of the zoo model for ``cfg.arch`` (shapes checked by ZooConfig)."""
     eos = tokenizer.eos_token_id
     common: dict[str, Any] = dict(
         vocab_size=vocab_size,
