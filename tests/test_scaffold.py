@@ -77,3 +77,16 @@ def test_a_gpu_the_cluster_lacks_is_refused_naming_the_field(toy_env):
 def test_run_resources_follow_the_config():
     res = RunResources.resolve(Resources(device="cpu", cpus_per_step=1))
     assert res.cpus == 1 and res.gpus == 0 and not res.use_gpu
+
+
+def test_an_error_is_classified_through_the_wrappers_it_travelled_in():
+    from tasks.common.config import DataError
+    from tasks.common.steps import is_transient
+
+    class RemoteWrapper(RuntimeError):  # the shape of Ray's RayTaskError: the step's error as .cause
+        def __init__(self, cause):
+            super().__init__("remote traceback …")
+            self.cause = cause
+
+    assert not is_transient(RemoteWrapper(DataError("shard anime-000: truncated")))
+    assert is_transient(RemoteWrapper(ConnectionError("node gone")))

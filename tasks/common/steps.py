@@ -33,8 +33,15 @@ DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, 
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth a retry: a lost worker, a timeout, an OS hiccup — not a config or data error."""
-    return not isinstance(exc, DETERMINISTIC_ERRORS)
+    """Worth a retry: a lost worker, a timeout, an OS hiccup — not a config or data error
+    (looked for through the wrappers an error travels in, e.g. Ray's ``RayTaskError.cause``)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DETERMINISTIC_ERRORS):
+            return False
+        seen.add(id(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return True
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
