@@ -41,7 +41,7 @@ postgresql:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(call apt,postgresql)
 
 run: install
-	$(VENV)/bin/paperline run stun
+	@$(VENV)/bin/paperline run stun
 
 test: test-setup
 	$(VENV)/bin/pytest

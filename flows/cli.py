@@ -138,17 +138,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"full log: {_short(log.path)}", highlight=False, soft_wrap=True)
             raise
     console.rule(f"{spec.name}: results")
-    console.print(result.get("table", ""), highlight=False, soft_wrap=True, markup=False)
-    for k, v in result.items():
-        if k not in ("table", "dvc"):
-            console.print(f"{k}: {_short(v) if isinstance(v, str) else v}", highlight=False, soft_wrap=True, markup=False)
+    console.print(result.get("table", "").rstrip(), highlight=False, soft_wrap=True, markup=False)
+    where = " · ".join(f"{k} {_short(v) if isinstance(v, str) else v}" for k, v in result.items() if k not in ("table", "dvc"))
+    console.print(f"outputs: {where}", highlight=False, soft_wrap=True, markup=False)
     dvc = result.get("dvc") or {}
     console.print(f"DVC: {dvc.get('recorded_by')}" + (f"; pushed to {dvc['pushed_to']}" if dvc.get("pushed_to") else "")
                   + (f" (git {dvc.get('git')})" if dvc.get("git") else ""), highlight=False, soft_wrap=True, markup=False)
-    if not external_api:
-        console.print(f"Prefect server still running: dashboard {url.rsplit('/api', 1)[0]} "
-                      f"(stop it with `paperline server --stop`)", highlight=False, soft_wrap=True)
-    console.print(f"full log: {_short(log.path)}", highlight=False, soft_wrap=True)
+    server = (f"; Prefect server still running, dashboard {url.rsplit('/api', 1)[0]} (`paperline server --stop` "
+              f"ends it)") if not external_api else ""
+    console.print(f"full log: {_short(log.path)}{server}", highlight=False, soft_wrap=True, markup=False)
     return 0
 
 
@@ -281,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", 0)
     func = cmd_print_resolved if getattr(args, "cfg", None) == "job" else args.func
     flow = getattr(args, "flow", None)
-    where = (flow if flow in FLOWS else None) or f"paperline {args.command}"
+    where = (flow if isinstance(flow, str) and flow in FLOWS else None) or f"paperline {args.command}"
     try:
         return func(args)
     except KeyboardInterrupt:

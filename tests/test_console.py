@@ -34,13 +34,13 @@ def test_worker_lines_are_routed_step_events_to_console_noise_to_file(data_root)
     assert "Loading weights" in text and "Finished in state Completed" in text and "started" in text
 
 
-def test_without_a_terminal_a_long_loop_gets_a_plain_line_now_and_then(data_root, monkeypatch):
+def test_without_a_terminal_a_long_loop_gets_a_plain_line_per_quarter(data_root, monkeypatch):
     out = io.StringIO()
     log = RunLog("toy", Console(file=out, width=80), verbose=False)
     log._tty = False
-    clock = iter([0.0, 1.0, 25.0, 26.0])
+    clock = iter([0.0, 1.0, 25.0, 26.0, 40.0, 50.0])
     monkeypatch.setattr("flows.platform.console.time.monotonic", lambda: next(clock))
-    for x in (1, 5, 60, 61):
+    for x in (1, 30, 60, 61, 80, 100):  # a quarter passed early (t=1 s) is not worth a line
         log._on_worker_lines({"pid": 1, "lines": [_bar("a", x)]})
     log.close()
-    assert out.getvalue().splitlines() == ["    … train zoo MoE: 60/100 (60%)"]
+    assert out.getvalue().splitlines() == ["    … train zoo MoE: 60/100 (60%, 25s)", "    … train zoo MoE: 80/100 (80%, 40s)"]

@@ -69,7 +69,7 @@ def test_a_lost_step_is_retried_once_a_config_error_never(toy_env):
 
 
 def test_a_gpu_the_cluster_lacks_is_refused_naming_the_field(toy_env):
-    with pytest.raises(ConfigError, match=r"resources.device: 'cuda:3'"):
+    with pytest.raises(ConfigError, match=r"^toyflow.resources.device: .cuda:3."):
         _toy_flow([])(config=ToyConfig(resources=Resources(device="cuda:3")))
     assert CALLS == []
 

@@ -42,7 +42,7 @@ class RunLog:
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         self._quieted: list[tuple[logging.Handler, int]] = []
         self._tty = sys.stderr.isatty()
-        self._last_line: dict[str, float] = {}
+        self._bars: dict[str, tuple[float, int]] = {}  # bar uuid → (first seen, last quarter shown)
         self.line_every_s = 20.0
 
     # ------------------------------------------------------------------ python logging
@@ -102,8 +102,8 @@ class RunLog:
                 self.step_event(line.split(STEP_EVENT, 1)[1].strip())
 
     def _plain_progress(self, bars: list[str]) -> None:
-        """Without a terminal (CI, a pipe) a redrawn bar is noise: a plain line per bar every
-        ``line_every_s`` seconds instead."""
+        """Without a terminal (CI, a pipe) a redrawn bar is noise: a loop that has run for
+        ``line_every_s`` seconds gets one plain line as it passes each quarter instead."""
         import json
 
         now = time.monotonic()
@@ -112,15 +112,14 @@ class RunLog:
                 state = json.loads(line[line.index("{"):])
             except ValueError:
                 continue
-            uid, total = state.get("uuid"), state.get("total") or 0
-            if uid not in self._last_line:
-                self._last_line[uid] = now  # a loop gets its first line only once it has run a while
-            if state.get("closed") or now - self._last_line[uid] < self.line_every_s:
+            uid, total, x = state.get("uuid"), state.get("total") or 0, state.get("x", 0)
+            started, shown = self._bars.setdefault(uid, (now, 0))
+            quarter = int(4 * x / total) if total else 0
+            if state.get("closed") or now - started < self.line_every_s or quarter <= shown or quarter >= 4:
                 continue
-            self._last_line[uid] = now
-            pct = f" ({100 * state['x'] / total:.0f}%)" if total else ""
-            self.console.print(f"    … {state.get('desc', '')}: {state.get('x', 0)}/{total or '?'}{pct}",
-                               highlight=False, soft_wrap=True, markup=False)
+            self._bars[uid] = (started, quarter)
+            self.console.print(f"    … {state.get('desc', '')}: {x}/{total} ({100 * x / total:.0f}%, "
+                               f"{now - started:.0f}s)", highlight=False, soft_wrap=True, markup=False)
 
     def step_event(self, text: str) -> None:
         """One console line per finished step (a start line would double the log; long steps

@@ -102,7 +102,10 @@ def run_flow(name: str, cfg: FlowConfig, body: Callable[[Any, RunResources], Flo
         swept = sweep_temps(data_root() / name)
         if swept:
             log.info("%s: removed %d temp folder(s) an interrupted run left", name, len(swept))
-        res = RunResources.resolve(cfg.resources)
+        try:
+            res = RunResources.resolve(cfg.resources)
+        except ConfigError as e:
+            raise ConfigError(f"{name}.{e}") from None
         t0 = time.monotonic()
         report = _attempt_chain(name, body, cfg, res, attempts)
         dvc = record_outputs(name, cfg)
