@@ -35,7 +35,7 @@ def form_field(page, label: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian chromium is not installed (make install adds it)")
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian chromium is not installed (the test set-up (make test) adds it)")
 def test_a_custom_run_from_the_dashboard_form_completes_with_the_typed_parameter(tmp_path):
     pytest.importorskip("playwright")
     from playwright.sync_api import sync_playwright

@@ -24,7 +24,7 @@ from tasks.s3nas.train import ClassifierRecipe, EpochBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 SN = SupernetConfig(resolution=16, stem_channels=8, stages=[(1, 8, 1), (1, 16, 2)], head_channels=16)
-ENGINE = TrainingConfig(backend="torch", device="cpu", checkpoint_every=1, keep_checkpoints=100, grad_clip=10, log_every=1)
+ENGINE = TrainingConfig(backend="torch", checkpoint_every=1, keep_checkpoints=100, grad_clip=10, log_every=1).on("cpu")
 
 
 def images(n: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

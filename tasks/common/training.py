@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_path, read_json, write_json
@@ -62,8 +62,20 @@ class TrainingConfig(ConfigSection):
     """Gradient-norm clip per model; 0 = off."""
     log_every: int = Field(50, ge=1)
     """Steps between loss records in the training history."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto = the GPU Ray (or CUDA_VISIBLE_DEVICES) gives this process, else CPU."""
+    # The device is set by the step from the flow's resources.device, never by a user (one
+    # device knob per flow): a private attribute, so it is neither a form field nor a param.
+    _device: Literal["auto", "cpu", "cuda"] = PrivateAttr("auto")
+
+    @property
+    def device(self) -> str:
+        """auto = the GPU Ray (or CUDA_VISIBLE_DEVICES) gives this process, else CPU."""
+        return self._device
+
+    def on(self, device: str) -> "TrainingConfig":
+        """A copy that trains on ``device`` (auto / cpu / cuda; ``cuda:N`` is the GPU Ray gave)."""
+        copy = self.model_copy()
+        copy._device = device.split(":")[0]
+        return copy
 
 
 class Recipe(Protocol):

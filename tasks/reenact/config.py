@@ -108,7 +108,4 @@ class ReenactConfig(FlowConfig):
             raise ValueError(f"generator: image_size {g.image_size} is not divisible by 2**depth = {2**g.depth}")
         if not g.styles or len(set(g.styles)) != len(g.styles) or set(g.styles) - {"default", "toon"}:
             raise ValueError(f"generator: styles must be distinct entries of default/toon, got {g.styles}")
-        if "device" in self.training.model_fields_set:
-            # One device knob per flow: the engine's device follows resources.device.
-            raise ValueError("training: 'device' is set by resources.device (use reenact.resources.device)")
         return self

@@ -36,7 +36,7 @@ def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: 
 
     set_threads(threads)
     # resources.device rules every step (cuda:N is the GPU Ray gave this step, seen as cuda)
-    training = cfg.training.model_copy(update={"device": cfg.resources.device.split(":")[0]})
+    training = cfg.training.on(cfg.resources.device)
     out = step_dir(FLOW, name)
     key = cache_key(step=name, config={**config, "training": training, "seed": cfg.seed}, inputs=inputs)
     run = ResumableStep(out, key)

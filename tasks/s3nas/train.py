@@ -122,9 +122,8 @@ class ClassifierRecipe:
 def training_config(device: torch.device, per_epoch: int, *, log_every: int | None = None) -> TrainingConfig:
     """The engine settings of every s3nas run: plain torch (the nets are small), bf16 autocast
     on CUDA, a checkpoint per epoch (the unit a kill may cost), the last one kept."""
-    return TrainingConfig(backend="torch", device="cuda" if device.type == "cuda" else "cpu",
-                          checkpoint_every=per_epoch, keep_checkpoints=1, grad_clip=CLIP_NORM,
-                          log_every=log_every or per_epoch)
+    return TrainingConfig(backend="torch", checkpoint_every=per_epoch, keep_checkpoints=1, grad_clip=CLIP_NORM,
+                          log_every=log_every or per_epoch).on(device.type)
 
 
 def train_classifier(recipe: ClassifierRecipe, ckpt_dir: Path | str, device: torch.device,

@@ -267,8 +267,8 @@ def train_zoo(
     # Plain torch, not DeepSpeed: ZeRO buys nothing at this size, and one code path keeps the
     # zoo's numbers the same with and without a GPU backend installed.
     checkpoint_every = checkpoint_every or max(1, min(CHECKPOINT_EVERY, cfg.steps // 6))
-    tcfg = TrainingConfig(backend="torch", device=dev.type, checkpoint_every=checkpoint_every, keep_checkpoints=1,
-                          grad_clip=1.0, log_every=every)
+    tcfg = TrainingConfig(backend="torch", checkpoint_every=checkpoint_every, keep_checkpoints=1,
+                          grad_clip=1.0, log_every=every).on(dev.type)
 
     def report(done: int, total: int, logs: dict) -> None:
         if progress is not None:
