@@ -116,31 +116,24 @@ def write_report(rows: list[dict[str, Any]], out: Path, extra: dict[str, Any]) -
 
 
 def pareto_png(table: list[dict[str, Any]], path: Path, target_us: float | None) -> None:
-    import matplotlib
+    from tasks.common.plotting import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for t in table:
-        ax.scatter(t["sim_latency_us"], t["test_acc"], s=50)
-        ax.annotate(t["method"], (t["sim_latency_us"], t["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    pts = sorted((t["sim_latency_us"], t["test_acc"]) for t in table)
-    front, best = [], -1.0
-    for x, y in pts:
-        if y > best:
-            front.append((x, y))
-            best = y
-    if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", lw=1, ls="--", label="Pareto front")
-    if target_us:
-        ax.axvline(target_us, color="red", lw=1, label=f"target {target_us:.0f} µs")
-        ax.axvline(0.9 * target_us, color="red", lw=0.5, ls=":")
-    ax.set_xlabel("simulated NPU latency (µs, SCALE-Sim)")
-    ax.set_ylabel("Fashion-MNIST test accuracy")
-    ax.set_title("S3NAS vs baselines at equal simulated latency")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    with png_figure(path) as (fig, ax):
+        for t in table:
+            ax.scatter(t["sim_latency_us"], t["test_acc"], s=50)
+            ax.annotate(t["method"], (t["sim_latency_us"], t["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        pts = sorted((t["sim_latency_us"], t["test_acc"]) for t in table)
+        front, best = [], -1.0
+        for x, y in pts:
+            if y > best:
+                front.append((x, y))
+                best = y
+        if len(front) > 1:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", lw=1, ls="--", label="Pareto front")
+        if target_us:
+            ax.axvline(target_us, color="red", lw=1, label=f"target {target_us:.0f} µs")
+            ax.axvline(0.9 * target_us, color="red", lw=0.5, ls=":")
+        ax.set_xlabel("simulated NPU latency (µs, SCALE-Sim)")
+        ax.set_ylabel("Fashion-MNIST test accuracy")
+        ax.set_title("S3NAS vs baselines at equal simulated latency")
+        ax.legend(fontsize=8, loc="lower right")

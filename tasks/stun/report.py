@@ -84,27 +84,20 @@ def headline(table: list[dict[str, Any]], sparsity: float | None) -> dict[str, A
 
 
 def plot_curves(table: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    from tasks.common.plotting import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4.2))
-    dense = next((t for t in table if t["method"] == "dense"), None)
-    for method in sorted({t["method"] for t in table} - {"dense"}):
-        pts = sorted([t for t in table if t["method"] == method], key=lambda t: t["sparsity"])
-        if dense:
-            pts = [dense] + pts
-        style = "-o" if method.startswith("stun") else "--s"
-        ax_acc.plot([p["sparsity"] for p in pts], [p["exact_match"] for p in pts], style, label=method)
-        ax_ppl.plot([p["sparsity"] for p in pts], [p["ppl"] for p in pts], style, label=method)
-    ax_acc.set(xlabel="total expert-weight sparsity", ylabel="exact match (held-out problems)", title="accuracy")
-    ax_ppl.set(xlabel="total expert-weight sparsity", ylabel="perplexity (held-out works)", title="perplexity", yscale="log")
-    for ax in (ax_acc, ax_ppl):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8)
-    fig.suptitle("STUN vs baselines")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    with png_figure(path, ncols=2, size=(11, 4.2), dpi=110, title="STUN vs baselines") as (fig, (ax_acc, ax_ppl)):
+        dense = next((t for t in table if t["method"] == "dense"), None)
+        for method in sorted({t["method"] for t in table} - {"dense"}):
+            pts = sorted([t for t in table if t["method"] == method], key=lambda t: t["sparsity"])
+            if dense:
+                pts = [dense] + pts
+            style = "-o" if method.startswith("stun") else "--s"
+            ax_acc.plot([p["sparsity"] for p in pts], [p["exact_match"] for p in pts], style, label=method)
+            ax_ppl.plot([p["sparsity"] for p in pts], [p["ppl"] for p in pts], style, label=method)
+        ax_acc.set(xlabel="total expert-weight sparsity", ylabel="exact match (held-out problems)", title="accuracy")
+        ax_ppl.set(xlabel="total expert-weight sparsity", ylabel="perplexity (held-out works)", title="perplexity",
+                   yscale="log")
+        for ax in (ax_acc, ax_ppl):
+            ax.grid(alpha=0.3)
+        ax_acc.legend(fontsize=8)
