@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 # apt-get install $(1); the package index is refreshed only when the first try fails (a fresh machine)
 apt = (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1)))
 
-.PHONY: install test-setup postgresql run test test-all bench
+.PHONY: install test-setup postgresql run test test-all bench gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,11 @@ bench: install
 	$(PY) bench/stun_cost.py
 	$(PY) bench/stun_memory.py
 	$(PY) bench/render_throughput.py
+
+# The one prepared GPU check: pytest -m gpu (GPU path vs CPU reference, skipped with the reason
+# without CUDA) + the Arctic-layer STUN benchmark; writes bench/results/gpu_check.{json,md} and
+# exits non-zero on any failure (on a CUDA machine, a skipped GPU test counts as one).
+# GPU_CHECK_ARGS passes options through, e.g. GPU_CHECK_ARGS="--out-dir $$OUT".
+gpu-check: install
+	@$(PY) -c "import pytest, pytest_timeout" 2>/dev/null || $(PY) -m pip install -q "pytest>=8" pytest-timeout
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)

@@ -41,6 +41,14 @@ FLOWS: dict[str, FlowSpec] = {
         "reenact", "flows.reenact", "reenact", "tasks.reenact.config:ReenactConfig",
         "EDTN + Animo-style anime head generator: human-driven anime reenactment, trained on animeceleb renders",
     ),
+    "erank_gs": FlowSpec(
+        "erank_gs", "flows.erank_gs", "erank_gs", "tasks.erank_gs.config:ErankGSConfig",
+        "erank-GS: 3D Gaussian Splatting ± effective-rank regularisation on Blender scenes with true depth, normals, mesh",
+    ),
+    "vidgan": FlowSpec(
+        "vidgan", "flows.vidgan", "vidgan", "tasks.vidgan.config:VidganConfig",
+        "Soft-edge video codec: H.264 key frames + losslessly coded edge maps + per-video pix2pix GAN, RD vs x264/x265",
+    ),
 }
 
 

@@ -11,6 +11,8 @@
     paperline status                    each flow in DVC: never run, up to date, or what changed
     paperline readme [FLOW ...] [--check]
                                         README result tables regenerated from their runs
+    paperline vidgan encode|decode IN OUT [--crf N] [--set k=v ...]
+                                        the vidgan codec on one video file / bitstream
 """
 from __future__ import annotations
 
@@ -209,6 +211,20 @@ def cmd_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vidgan(args: argparse.Namespace) -> int:
+    """``paperline vidgan encode|decode IN OUT``: the vidgan codec on one file (tasks/vidgan/cli.py)."""
+    from tasks.vidgan import cli as vidgan_cli
+
+    spec = get_flow("vidgan")
+    cfg = load_config(spec.name, spec.load_config_class(), params_path=args.params, overrides=args.set or [])
+    say = lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False)  # noqa: E731
+    if args.action == "encode":
+        vidgan_cli.encode_file(args.input, Path(args.output), cfg, crf=args.crf, say=say)
+    else:
+        vidgan_cli.decode_file(Path(args.input), Path(args.output), cfg, say=say)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     verbose_help = "show everything: the full log on the console and the traceback of a failure"
     p = argparse.ArgumentParser(prog="paperline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -249,11 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("flow", nargs="*", help="only these flows (default: every flow with a finished run)")
     rd.add_argument("--check", action="store_true", help="exit 1 when a README table differs from its run")
     rd.set_defaults(func=cmd_readme)
+    vg = sub.add_parser("vidgan", parents=[common], help="the vidgan codec on one video: encode IN OUT / decode IN OUT")
+    vg.add_argument("action", choices=["encode", "decode"])
+    vg.add_argument("input", help="encode: a video file (or a named clip); decode: a .vgan bitstream")
+    vg.add_argument("output", help="encode: the .vgan bitstream; decode: an .mp4 video")
+    vg.add_argument("--crf", type=int, default=None, help="key-frame CRF (default: the config's first key_crfs)")
+    vg.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override vidgan config fields")
+    vg.add_argument("--params", default=None, help="params file (default: the project's params.yaml)")
+    vg.set_defaults(func=cmd_vidgan)
     return p
 
 
 COMMANDS = {"list": cmd_list, "show": cmd_show, "run": cmd_run, "server": cmd_server, "serve": cmd_serve,
-            "status": cmd_status, "readme": cmd_readme}
+            "status": cmd_status, "readme": cmd_readme, "vidgan": cmd_vidgan}
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -10,7 +10,8 @@ import pytest
 ANIMECELEB = ["identities=2", "frames_per_identity=3", "sequences_per_identity=1", "sequence_length=3", "resolution=48",
               "samples=2", "frames_per_shard=8", "contact_sheet_samples=4", "resources.workers=2",
               "styles=[default]"]
-REENACT = ["edtn.steps=60", "edtn.batch=64", "edtn.hidden=64", "edtn.eval_expressions=32", "generator.image_size=32",
+REENACT = ["edtn.steps=60", "edtn.batch=64", "edtn.hidden=64", "edtn.eval_expressions=32", "edtn.seeds=2",
+           "edtn.distractor_expressions=16", "demo_frames=3", "generator.image_size=32",
            "generator.steps=40", "generator.channels=8", "generator.descriptor=16", "generator.depth=2",
            "regressor.steps=30", "regressor.channels=8", "eval_pairs=8", "training.checkpoint_every=20",
            "heldout_expression_fraction=0.34"]
@@ -55,14 +56,18 @@ def test_the_flow_writes_checkpoints_metrics_strips_and_an_mp4(toy_run):
     from PIL import Image
 
     out, cfg, result, _ = toy_run
-    for step, model in (("edtn", "edtn"), ("generator", "generator"), ("regressor", "regressor")):
+    for step, model in (("edtn/seed_0", "edtn"), ("edtn/seed_1", "edtn"), ("generator", "generator"),
+                        ("regressor", "regressor")):
         assert (out / step / f"{model}.safetensors").stat().st_size > 1000
         assert list((out / step / "checkpoints").glob("step_*/model-*.safetensors"))
         assert not list((out / step).rglob("*.pt"))
     report = out / "report"
     metrics = json.loads((report / "metrics.json").read_text())
-    for s in ("test_identities_rendered", "fresh_random"):
-        assert set(metrics["edtn"][s]) == {"edtn", "linear_B_inverse", "zero"}
+    tr = metrics["translation"]
+    assert set(tr) == {"edtn", "neutral", "B_inverse", "animo_style", "animo_all_units", "edtn_loss_optimum"}
+    assert tr["neutral"]["leak_mm"] == 0 and tr["neutral"]["morph_mae"] > 0
+    for m in tr.values():
+        assert 0 <= m["morph_mae"] <= 1 and m["eye_open_mm"] >= 0 and m["mouth_open_mm"] >= 0
     assert set(metrics["generator"]) == {"heldout_identities", "heldout_expressions"}
     gen = metrics["generator"]["heldout_identities"]["generator"]
     assert 0 < gen["psnr_db"] < 100 and 0 < gen["ssim"] <= 1 and 0 <= gen["regressor_morph_mae"] <= 1
@@ -71,8 +76,13 @@ def test_the_flow_writes_checkpoints_metrics_strips_and_an_mp4(toy_run):
         assert w > 3 * 32 and h >= 3 * 32
     with av.open(str(report / "cross_domain.mp4")) as f:
         frames = list(f.decode(video=0))
-    assert len(frames) == 3 and frames[0].width == 3 * 32  # human | EDTN | linear, one frame per driving frame
-    assert "EDTN vs the linear mapping" in result["table"]
+    # human | EDTN | Animo-style | B^-1 | true anime render, one frame per demo frame
+    assert len(frames) == 3 and frames[0].width == 5 * 32
+    assert "Expression translation, scored on the anime side" in result["table"]
+    full = json.loads((report / "metrics_full.json").read_text())
+    seeds = full["translation"]["combinations"]["methods"]["edtn"]["morph_mae"]
+    assert seeds["seeds"] == 2 and seeds["seed_ci"] is not None
+    assert not (report / "demo_renders").exists()
 
 
 def test_held_out_poses_never_reach_training(toy_run):
@@ -89,6 +99,6 @@ def test_held_out_poses_never_reach_training(toy_run):
 def test_a_rerun_reuses_every_finished_step(toy_run):
     out, _, _, run = toy_run
     markers = {p: p.stat().st_mtime_ns for p in out.rglob(".step.json")}
-    assert len(markers) == 5
+    assert len(markers) == 6  # bridge, 2 EDTN seeds, regressor, generator, report
     run()
     assert {p: p.stat().st_mtime_ns for p in out.rglob(".step.json")} == markers

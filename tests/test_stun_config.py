@@ -131,7 +131,9 @@ def test_pickled_weights_are_refused_with_the_reason(tiny_moe, tmp_path):
     ("resources.workers=100000", "stun.resources.workers"),
     ("zoo.seq_len=1000000", "stun.zoo.seq_len"),
     ("zoo.threads=0", "stun.zoo.threads"),
-    ("seed=-1", "stun.seed"),
+    ("seeds=[-1]", "stun.seeds"),
+    ("expert_fractions=[1.5]", "stun.expert_fractions"),
+    ("calib_data=/no/such/file.txt", "stun.calib_data"),
 ])
 def test_non_finite_and_runaway_values_are_refused_naming_the_field(override, field):
     extra = ["calib_seq_len=512"] if override == "calib_samples=4096" else []
@@ -157,6 +159,8 @@ def test_device_and_cpus_live_in_the_shared_resources_section():
     ("sparsities=[-0.1]", "stun.sparsities"),
     ("sparsities=[1.0]", "stun.sparsities"),
     ("lambda1=0", "stun.lambda1: lambda1 and lambda2 are both 0"),
+    ("expert_fractions=[0, 0.25, 0.9]", "stun.expert_fractions: x=0.9 leaves 1 experts"),
+    ("export_sparsity=0.1", "stun.export_sparsity: 0.1 has no STUN variant"),
 ])
 def test_budgets_and_sparsities_outside_the_model_are_refused(override, field):
     extra = ["lambda2=0"] if override == "lambda1=0" else []
@@ -178,19 +182,59 @@ def test_the_default_sweep_has_every_method_at_every_level():
     variants = sweep_variants(cfg, 8, 2)
     names = {v.name for v in variants}
     assert len(names) == len(variants)
-    for tag in ("s40", "s50", "s65"):
-        for m in ("stun-wanda", "stun-owl", "wanda", "owl", "naee", "frequency", "stun_experts"):
-            assert f"{m}-{tag}" in names
-    stun_owl_65 = next(v for v in variants if v.name == "stun-owl-s65")
+    for tag in ("s40", "s50", "s65", "s75", "s80"):
+        for m in ("stun-owl-k7", "stun-owl-k6", "owl", "stun_experts"):
+            assert f"{m}-{tag}" in names  # x = 0, 1/8, 1/4 and experts alone to S: Figure 1's row
+    for m in ("naee", "frequency", "stun_experts", "stun_experts-global", "stun_experts-coact_raw",
+              "stun_experts-coact_normalised"):
+        assert f"{m}-k6" in names  # the expert-only studies at x = 1/4
+    stun_owl_65 = next(v for v in variants if v.name == "stun-owl-k6-s65")
     assert stun_owl_65.keep == 6 and stun_owl_65.rate == pytest.approx(1 - 0.35 / 0.75)
-    naee_65 = next(v for v in variants if v.name == "naee-s65")
-    assert naee_65.keep == 3  # round(8 · 0.35)
+    assert stun_owl_65.validate  # an export candidate (export_sparsity 0.65)
 
 
 def test_nm_fixes_the_unstructured_rate_and_drops_owl():
-    cfg = _load("nm=2:4", "export_method=wanda", "unstructured=[wanda, owl]")
+    cfg = _load("nm=2:4", "unstructured=[wanda, owl]")
     variants = sweep_variants(cfg, 8, 2)
     assert not any(v.unstructured == "owl" for v in variants)
     assert all(v.rate == 0.5 for v in variants if v.unstructured)
     with pytest.raises(ConfigError, match="stun.nm"):
-        _load("nm=2:4")  # export_method defaults to owl
+        _load("nm=2:4")  # unstructured defaults to [owl]
+
+
+def test_a_model_by_path_leaves_a_zoo_record_for_dvc(tiny_moe, tmp_path, monkeypatch):
+    """`model=<path>`: the dense-model step writes zoo/source.json (path + fingerprint), so the
+    DVC stage's `data/stun/zoo` out exists and changes when the user's weights do."""
+    import json
+
+    from tasks.stun import steps
+
+    monkeypatch.setenv("PAPERLINE_DATA", str(tmp_path / "data"))
+    cfg = _load(f"model={tiny_moe}", "calib_data=" + str(_write(tmp_path / "c.txt", "some text\n\nmore text\n")))
+    out = steps.prepare_model.fn(cfg, tmp_path / "unused-corpus", 0)
+    out = out.result() if hasattr(out, "result") else out
+    assert out == tiny_moe.resolve()
+    rec = json.loads((tmp_path / "data" / "stun" / "zoo" / "source.json").read_text())
+    assert rec["model"] == str(tiny_moe.resolve()) and {f["name"] for f in rec["files"]} >= {"config.json"}
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_the_presets_load_and_the_fine_grained_zoo_keeps_the_active_width():
+    from pathlib import Path
+
+    from tasks.common.config import load_config
+
+    presets = Path(__file__).resolve().parents[1] / "tasks" / "stun" / "presets"
+    paper = load_config("stun", StunConfig, params_path=presets / "paper.yaml")
+    assert paper.seeds == [0, 1, 2] and paper.sparsities == _load().sparsities
+    fine = load_config("stun", StunConfig, params_path=presets / "fine_grained.yaml")
+    base = _load().zoo
+    assert (fine.zoo.experts, fine.zoo.top_k) == (32, 4)
+    # the same active expert width per token (top-k x intermediate), more experts to choose from
+    assert fine.zoo.top_k * fine.zoo.intermediate == base.top_k * base.intermediate
+    assert "naee" not in fine.baselines  # C(32, 8) subsets per layer: past NAEE's budget
+    assert [round(fine.zoo.experts * (1 - x)) for x in fine.expert_fractions] == [32, 28, 24]

@@ -27,13 +27,14 @@ def test_every_step_says_what_it_runs():
 
     names = {
         steps.build_corpus: ({}, "corpus"),
-        steps.prepare_model: ({"cfg": _cfg()}, "model[zoo]"),
-        steps.calibration: ({"cfg": _cfg()}, "calibration[64x128]"),
-        steps.profile_experts: ({"workers": 2}, "profile[2 workers]"),
-        steps.prune_experts: ({"method": "stun", "keep_per_layer": 6}, "experts[stun@k6]"),
-        steps.prune_unstructured: ({"name": "owl-s65", "method": "owl", "sparsity": 0.65},
-                                   "unstructured[owl-s65: owl@0.65]"),
-        steps.evaluate: ({"name": "stun-owl-s50"}, "evaluate[stun-owl-s50]"),
+        steps.user_data: ({}, "data"),
+        steps.prepare_model: ({"cfg": _cfg(), "seed": 1}, "model[zoo seed 1]"),
+        steps.calibration: ({"cfg": _cfg(), "seed": 0}, "calibration[64x128 seed 0]"),
+        steps.profile_experts: ({"workers": 2, "seed": 0}, "profile[2 workers seed 0]"),
+        steps.prune_experts: ({"method": "stun", "keep_per_layer": 6, "tag": "", "seed": 0}, "experts[stun@k6 seed 0]"),
+        steps.prune_unstructured: ({"name": "owl-s65", "method": "owl", "sparsity": 0.65, "seed": 1},
+                                   "unstructured[owl-s65: owl@0.65 seed 1]"),
+        steps.evaluate: ({"name": "stun-owl-k6-s50", "seed": 0}, "evaluate[stun-owl-k6-s50 seed 0]"),
         steps.report: ({}, "report"),
         steps.export_checkpoint: ({}, "export"),
     }
@@ -126,7 +127,7 @@ def test_an_interrupted_zoo_step_leaves_no_temp_and_resumes_from_its_checkpoint(
     rerun resumes from them, and once the model is saved no scratch or temp is left."""
     overrides = [*TOY_ZOO, "zoo.steps=60"]  # a checkpoint every 10 steps
     proc = _zoo_step(tmp_path, overrides)
-    ckpts = tmp_path / "stun" / "zoo_train" / "checkpoints"
+    ckpts = tmp_path / "stun" / "zoo_train_seed0" / "checkpoints"
     deadline = time.monotonic() + 300
     while not (ckpts / "step_00000010" / "meta.json").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
@@ -134,8 +135,8 @@ def test_an_interrupted_zoo_step_leaves_no_temp_and_resumes_from_its_checkpoint(
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert not (tmp_path / "stun" / "zoo").exists()
-    assert not list((tmp_path / "stun").glob(".zoo.*.tmp"))  # Ctrl-C removed its temp folder
+    assert not (tmp_path / "stun" / "zoo" / "seed0").exists()
+    assert not list((tmp_path / "stun").rglob(".seed0.*.tmp"))  # Ctrl-C removed its temp folder
     assert list(ckpts.glob("step_*"))
 
     proc = _zoo_step(tmp_path, overrides)
@@ -143,6 +144,6 @@ def test_an_interrupted_zoo_step_leaves_no_temp_and_resumes_from_its_checkpoint(
     assert proc.returncode == 0, err[-3000:]
     res = json.loads(out.strip().splitlines()[-1])
     assert 10 <= res["resumed_from_step"] < 60 and res["threads"] == 1
-    assert (tmp_path / "stun" / "zoo" / "model.safetensors").is_file()
-    assert not (tmp_path / "stun" / "zoo_train").exists()
+    assert (tmp_path / "stun" / "zoo" / "seed0" / "model.safetensors").is_file()
+    assert not (tmp_path / "stun" / "zoo_train_seed0").exists()
     assert not [p for p in (tmp_path / "stun").rglob("*") if p.name.endswith((".tmp", ".old"))]

@@ -46,6 +46,14 @@ class BlenderWorker:
         """Where this process's Blender keeps its temp files (tests check it is the scratch)."""
         return self.scene.bpy.app.tempdir
 
+    def run_job(self, target: str, *args: Any) -> Any:
+        """Run ``package.module:function(*args)`` in this worker's Blender process: the hook other
+        domains' scene generators (erank_gs) use to share this actor and its pool."""
+        import importlib
+
+        module, name = target.split(":")
+        return getattr(importlib.import_module(module), name)(*args)
+
     def render_shard(self, shard: str, rows: list[dict[str, Any]], out_dir: str) -> dict[str, Any]:
         from tasks.animeceleb.shards import render_shard
 

@@ -45,11 +45,11 @@ class PoseRange(ConfigSection):
 
 
 class AnimeCelebConfig(FlowConfig):
-    identities: int = Field(8, ge=1, le=100_000)
+    identities: int = Field(12, ge=1, le=100_000)
     """Identities per domain."""
     domains: list[Domain] = ["anime", "human"]
     """Which domains to render: procedural anime heads and/or anny human heads."""
-    frames_per_identity: int = Field(16, ge=0, le=100_000)
+    frames_per_identity: int = Field(64, ge=0, le=100_000)
     """Random frames per identity (sparse random morphs, random pose), besides the neutral basis frame."""
     sequences_per_identity: int = Field(1, ge=0, le=1_000)
     """Smooth sequences (driving videos) per identity."""

@@ -299,6 +299,12 @@ class _Slot:
             for k, v in optim.items():
                 if k.startswith(pname + "::"):
                     safe_set_full_optimizer_state(p, v.to(p.device), k.split("::", 1)[1])
+        # Buffers (BatchNorm running stats, spectral norm's u/v) are part of the model's state too;
+        # ZeRO does not partition them, so they are copied in directly.
+        with torch.no_grad():
+            for bname, b in self.module.named_buffers():
+                if bname in weights:
+                    b.copy_(weights[bname].to(b.device, b.dtype))
         step = scalars.get("ds_step", 0.0)
         for st in self._ds_inner().state.values():
             if "step" in st:
@@ -366,6 +372,10 @@ def deepspeed_config(cfg: TrainingConfig, micro_batch: int, precision: str) -> d
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
+        # DeepSpeed >= 0.19 casts only parameters and keeps buffers fp32; a module that mixes a
+        # buffer into its parameters' maths (spectral norm's u/v, BatchNorm's running stats) then
+        # fails with a dtype mismatch. Buffers follow the parameters, as module.bfloat16() did.
+        **({"data_types": {"buffer_dtype": "bf16"}} if precision == "bf16" else {}),
         "gradient_clipping": cfg.grad_clip,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -437,8 +447,13 @@ def train_local(recipe: Recipe, cfg: TrainingConfig, ckpt_dir: Path, *, backend:
                 o.module.requires_grad_(o is s)
             if schedule is not None:
                 schedule(s.name, s.opt, step)
+            # The model being updated runs through its DeepSpeed engine; the frozen others run as
+            # plain modules: an engine's forward registers a post-backward hook that reduces *its*
+            # gradients, which would fire inside another engine's backward (a GAN's generator loss
+            # goes through the discriminator) before that engine set up its buffers.
+            step_forwards = {o.name: (forwards[o.name] if o is s else o.module) for o in slots}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss, info = recipe.loss(s.name, forwards, batch, cache, step)
+                loss, info = recipe.loss(s.name, step_forwards, batch, cache, step)
             if loss is None:
                 continue
             if not torch.isfinite(loss.detach()).all():

@@ -5,6 +5,8 @@ every float is finite (the sections derive from :class:`~tasks.common.config.Con
 Threads and device come from the shared ``resources`` section."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from tasks.common.config import ConfigSection, FlowConfig
@@ -28,38 +30,60 @@ class EDTNConfig(ConfigSection):
     """Adam learning rate, β = (0.5, 0.999) as released (released lr 1e-4 over far more steps)."""
     hidden: int = Field(512, ge=8, le=8192)
     """Width of the 3 hidden layers (released: 512)."""
+    sampler: Literal["natural", "uniform"] = "natural"
+    """Training expressions: ``natural`` correlated actions (blink both eyes, smile with cheeks, vowels
+    with jaw, gaze, ...: ``tasks/reenact/expressions.py``) or ``uniform`` independent random shapes."""
     max_active: int = Field(3, ge=0, le=52)
-    """Random training expressions activate 0..max_active ARKit morphs, each U(0, 1) (the animeceleb sampler)."""
+    """A training expression combines 0..max_active actions (natural) or ARKit shapes at U(0, 1) (uniform)."""
+    seeds: int = Field(3, ge=1, le=64)
+    """EDTNs trained, seeds seed..seed+seeds-1 (init and batches): the intervals over training seeds."""
     manifest_fraction: float = Field(0.25, ge=0.0, le=1.0)
     """Share of each batch drawn from the training human frames' rendered expressions."""
     mouth_boost: float = Field(1.0, ge=0.0, le=3.0)
     """Inference-time factor on the mouth morphs 12–16 (EDTN's hand-tuned 1.5, applied on the morph
     dimension); 1 = off, since our EDTN is trained to hit the mouth geometry itself."""
     eval_expressions: int = Field(512, ge=16, le=100_000)
-    """Fresh held-out random expressions in the evaluation (besides the test identities' frames)."""
+    """Test expressions with known anime answers: 1-3 semantic units (half with distractor shapes)."""
+    distractor_expressions: int = Field(128, ge=0, le=100_000)
+    """Test expressions of distractor shapes only (answer: the neutral anime face): the leakage set."""
+
+
+class AnimoConfig(ConfigSection):
+    pairs: int = Field(32, ge=1, le=100_000)
+    """(human, anime) expression pairs the Animo-style mapping is fitted on (single units, every unit
+    once before any twice; a fresh draw per training seed)."""
+    units: int = Field(12, ge=1, le=16)
+    """How many of the 16 correspondences the fitting subset covers (a random choice per seed); the
+    table also shows the mapping fitted on all 16 (``animo_all_units``), its upper bound."""
+    ridge: float = Field(1e-3, ge=0.0, le=1e6)
+    """λ of its least-squares fit of B_a (human ≈ anime · B_a)."""
 
 
 class GeneratorConfig(ConfigSection):
-    image_size: int = Field(64, ge=16, le=512)
-    """Training and evaluation resolution (renders are area-resampled); Animo trains at 256."""
+    image_size: int = Field(128, ge=16, le=512)
+    """Training and evaluation resolution (renders are area-resampled); Animo trains at 256 (the GPU
+    preset: animeceleb resolution=256 and this 256)."""
     styles: list[str] = ["default"]
     """Anime rendering styles to train on (each pair stays within one style)."""
-    steps: int = Field(3000, ge=1, le=MAX_STEPS)
-    """Training steps."""
-    batch: int = Field(8, ge=1, le=1024)
+    steps: int = Field(200, ge=1, le=MAX_STEPS)
+    """Training steps (the CPU default is sized to the 2-core machine's time budget, not to quality)."""
+    batch: int = Field(4, ge=1, le=1024)
     """Pairs per step (Animo: 4)."""
     lr: float = Field(2e-4, gt=0, le=1.0)
     """Adam learning rate, β = (0.5, 0.999)."""
-    channels: int = Field(32, ge=4, le=1024)
+    channels: int = Field(16, ge=4, le=1024)
     """Base width of the warping / editing U-Nets and the discriminator."""
     descriptor: int = Field(128, ge=8, le=4096)
     """Width of the mapping net's motion descriptor."""
-    depth: int = Field(3, ge=1, le=6)
+    depth: int = Field(4, ge=1, le=6)
     """Downsamplings in each U-Net (image_size must be divisible by 2**depth)."""
     w_warp: float = Field(2.5, ge=0, le=1e6)
     """Weight of the warped image's reconstruction loss (Animo's warp weight)."""
     w_final: float = Field(4.0, ge=0, le=1e6)
     """Weight of the edited image's reconstruction loss (Animo's final weight)."""
+    w_perceptual: float = Field(1.0, ge=0, le=1e6)
+    """Weight of the perceptual term (features of the frozen morph regressor trained here) inside
+    each reconstruction loss; 0 = pixels only (and the generator no longer waits for the regressor)."""
     w_adv: float = Field(0.05, ge=0, le=1e6)
     """Weight of the patch discriminator's LSGAN loss; 0 = no discriminator."""
     edit_start: float = Field(0.2, ge=0, le=1)
@@ -69,13 +93,13 @@ class GeneratorConfig(ConfigSection):
 
 
 class RegressorConfig(ConfigSection):
-    steps: int = Field(1500, ge=1, le=MAX_STEPS)
+    steps: int = Field(400, ge=1, le=MAX_STEPS)
     """Training steps of the morph regressor (the expression-fidelity judge)."""
     batch: int = Field(32, ge=1, le=4096)
     """Renders per step."""
     lr: float = Field(1e-3, gt=0, le=1.0)
     """Adam learning rate."""
-    channels: int = Field(32, ge=4, le=1024)
+    channels: int = Field(16, ge=4, le=1024)
     """Base width of its CNN."""
 
 
@@ -88,6 +112,8 @@ class ReenactConfig(FlowConfig):
     """Fit of the anime → human bridge B."""
     edtn: EDTNConfig = Field(default_factory=EDTNConfig)
     """Expression domain translation network."""
+    animo: AnimoConfig = Field(default_factory=AnimoConfig)
+    """The Animo-style baseline mapping (a bridge fitted from a subset of expression pairs)."""
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     """Anime head generator (mapping / warping / editing nets + patch discriminator)."""
     regressor: RegressorConfig = Field(default_factory=RegressorConfig)
@@ -96,6 +122,8 @@ class ReenactConfig(FlowConfig):
     """Engine: plain torch on CPU, DeepSpeed ZeRO-2 bf16 on a GPU, Ray Train across GPUs."""
     eval_pairs: int = Field(64, ge=4, le=100_000)
     """Self-reenactment pairs evaluated per held-out split."""
+    demo_frames: int = Field(16, ge=2, le=1_000)
+    """Frames of the cross-domain demo (each rendered twice in Blender: human driver, true anime)."""
     video_fps: int = Field(8, ge=1, le=60)
     """Frame rate of the cross-domain MP4."""
     seed: int = Field(0, ge=0, le=2**31 - 1)

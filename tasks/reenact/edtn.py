@@ -38,13 +38,18 @@ LANDMARK_SCALE = 10.0  # DECA's orthographic camera scale: landmarks ≈ normali
 class EDTN(nn.Module):
     """``Generator2ani``: MLP with LeakyReLU(0.2) and a sigmoid head (weights in [0, 1])."""
 
-    def __init__(self, n_in: int = 52, n_out: int = 17, hidden: int = 512, layers: int = 3):
+    def __init__(self, n_in: int = 52, n_out: int = 17, hidden: int = 512, layers: int = 3, init_logit: float = -3.0):
         super().__init__()
         dims = [n_in] + [hidden] * layers
         blocks: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             blocks += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
-        self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], n_out), nn.Sigmoid())
+        head = nn.Linear(dims[-1], n_out)
+        # Start at (nearly) the neutral face, not at 0.5 everywhere: a morph the bridge cannot see
+        # (B's row is zero: iris_small) gets no gradient and keeps its initial value, and the
+        # others, pushed from 0.5 to 0 first, end in the sigmoid's flat tail and stop learning.
+        nn.init.constant_(head.bias, init_logit)
+        self.net = nn.Sequential(*blocks, head, nn.Sigmoid())
         self.n_in, self.n_out = n_in, n_out
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:  # [N, 52] → [N, 17]
@@ -75,6 +80,12 @@ class HumanGeometry(nn.Module):
         self.register_buffer("bridge", torch.as_tensor(bridge, dtype=torch.float32))
         self.register_buffer("lmk", torch.as_tensor(lmk_local, dtype=torch.long))
         self.register_buffer("lmk_w", torch.as_tensor(LANDMARK_WEIGHTS))
+        # The loss needs the vertices only through Σ‖Δv‖² = Δe·(O Oᵀ)·Δeᵀ (O: offsets flattened) and
+        # the landmarks' own offsets, so it is computed from a K×K Gram matrix per head — exact, and
+        # ~100× cheaper than decoding every vertex of a 4,500-vertex skin per sample.
+        flat = self.offsets.double().flatten(2)  # [I, K, 3V']
+        self.register_buffer("gram", (flat @ flat.transpose(1, 2)).float())
+        self.register_buffer("lmk_offsets", self.offsets[:, :, lmk_local].clone())  # [I, K, L, 3]
         self.eye_pairs, self.lip_pairs = EYE_PAIRS, LIP_PAIRS
         self.n_identities, self.n_vertices, self.n_moving = len(models), n_skin, len(moving)
 
@@ -110,12 +121,15 @@ class HumanGeometry(nn.Module):
         return p @ self.bridge
 
     def edtn_loss(self, e: torch.Tensor, p: torch.Tensor, identity: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        d = self.differences(e, p, identity)
+        de = e.float() - self.to_human(p.float())
         s = LANDMARK_SCALE
-        vert = ((d["vertices"] * s) ** 2).sum() / (len(e) * self.n_vertices * 3)
-        lmk = (d["landmarks"][..., [0, 2]].abs() * s * self.lmk_w[None, :, None]).mean()
-        eye = (d["eye"].abs() * s).mean()
-        lip = (d["lip"].abs() * s).mean()
+        # Σ over samples and vertices of ‖Δv‖² through the Gram matrix (see __init__)
+        vert = (de @ self.gram[identity] * de).sum() * s**2 / (len(e) * self.n_vertices * 3)
+        dl = torch.einsum("nk,klc->nlc", de, self.lmk_offsets[identity])
+        dz = dl[..., 2]
+        lmk = (dl[..., [0, 2]].abs() * s * self.lmk_w[None, :, None]).mean()
+        eye = (torch.stack([dz[:, t] - dz[:, b] for t, b in self.eye_pairs], 1).abs() * s).mean()
+        lip = (torch.stack([dz[:, u] - dz[:, lo] for u, lo in self.lip_pairs], 1).abs() * s).mean()
         total = 100 * vert + lmk + eye + lip
         logs = {"loss": total, "vert": vert, "lmk": lmk, "eye": eye, "lip": lip}
         return total, {k: float(v.detach()) for k, v in logs.items()}
@@ -141,13 +155,21 @@ def sample_human_expressions(n: int, n_morphs: int, max_active: int, generator: 
 
 
 class EDTNRecipe:
-    """Training recipe for :func:`tasks.common.training.train`: random + manifest human expressions,
-    one training identity's head per step, Adam(lr 1e-4, β (0.5, 0.999)) as released."""
+    """Training recipe for :func:`tasks.common.training.train`: sampled + manifest human expressions,
+    one training identity's head per step, Adam(β (0.5, 0.999)) as released.
+
+    ``sampler``: ``natural`` — correlated actions as faces move
+    (:func:`tasks.reenact.expressions.sample_natural`; never the test set's correspondences) — or
+    ``uniform`` — 0..max_active independent shapes at U(0, 1) (the animeceleb sampler)."""
 
     def __init__(self, geometry: HumanGeometry, manifest_expressions: np.ndarray, *, steps: int, batch: int,
-                 lr: float, max_active: int, hidden: int, seed: int, manifest_fraction: float = 0.25):
+                 lr: float, max_active: int, hidden: int, seed: int, manifest_fraction: float = 0.25,
+                 sampler: str = "natural"):
+        if sampler not in ("natural", "uniform"):
+            raise ValueError(f"edtn.sampler: natural or uniform, got {sampler!r}")
         self.geom, self.steps, self.micro_batch, self.lr = geometry, steps, batch, lr
         self.max_active, self.hidden, self.seed, self.manifest_fraction = max_active, hidden, seed, manifest_fraction
+        self.sampler = sampler
         self.manifest = torch.as_tensor(np.asarray(manifest_expressions, np.float32).reshape(-1, geometry.offsets.shape[1]))
         self._dev_geom: dict[str, HumanGeometry] = {}
 
@@ -162,7 +184,12 @@ class EDTNRecipe:
         from tasks.common.training import seeded_generator
 
         g = seeded_generator(self.seed, step, rank)
-        e = sample_human_expressions(self.micro_batch, self.geom.offsets.shape[1], self.max_active, g)
+        if self.sampler == "natural":
+            from .expressions import sample_natural
+
+            e = sample_natural(self.micro_batch, g, max_actions=self.max_active)
+        else:
+            e = sample_human_expressions(self.micro_batch, self.geom.offsets.shape[1], self.max_active, g)
         if len(self.manifest):  # part of each batch: expressions the dataset actually rendered
             n = int(round(self.micro_batch * self.manifest_fraction))
             e[:n] = self.manifest[torch.randint(0, len(self.manifest), (n,), generator=g)]

@@ -10,7 +10,8 @@
 
 No pretrained VGG exists here, so the perceptual loss is replaced by what can be computed from
 the pixels and trained here: multi-scale L1 (scales 1, ½, ¼, like Animo's multi-scale VGG) +
-(1 − SSIM), on the warped image (weight ``w_warp``, Animo's 2.5) and, after ``edit_start`` steps,
+(1 − SSIM) + ``w_perceptual`` × a perceptual term on the features of the morph regressor trained
+here on the renders (:func:`tasks.reenact.regressor.perceptual_loss`, frozen), on the warped image (weight ``w_warp``, Animo's 2.5) and, after ``edit_start`` steps,
 on the edited image (``w_final``, Animo's 4); plus a least-squares PatchGAN discriminator on the
 edited image, conditioned on the driving pose (a learned signal for sharpness and for whether the
 pose was obeyed) with a small weight ``w_adv`` from ``adv_start`` on.
@@ -187,8 +188,12 @@ class GeneratorRecipe:
     the driving frame. ``pairs`` draws them; see :mod:`tasks.reenact.data`."""
 
     def __init__(self, pairs, *, steps: int, batch: int, lr: float, channels: int, descriptor: int, depth: int,
-                 w_warp: float, w_final: float, w_adv: float, edit_start: int, adv_start: int, seed: int):
+                 w_warp: float, w_final: float, w_adv: float, edit_start: int, adv_start: int, seed: int,
+                 judge: nn.Module | None = None, w_perceptual: float = 0.0):
         self.pairs, self.steps, self.micro_batch, self.lr = pairs, steps, batch, lr
+        self.judge, self.w_perceptual = judge, w_perceptual  # frozen morph regressor: perceptual features
+        if judge is not None:
+            judge.eval().requires_grad_(False)
         self.channels, self.descriptor, self.depth = channels, descriptor, depth
         self.w_warp, self.w_final, self.w_adv = w_warp, w_final, w_adv
         self.edit_start, self.adv_start, self.seed = edit_start, adv_start, seed
@@ -209,16 +214,28 @@ class GeneratorRecipe:
         b = self.pairs.sample(self.micro_batch, seeded_generator(self.seed, step, rank))
         return {k: v.to(device) for k, v in b.items()}
 
+    def _recon(self, pred: torch.Tensor, target: torch.Tensor, logs: dict, tag: str) -> torch.Tensor:
+        loss = reconstruction_loss(pred, target)
+        if self.judge is not None and self.w_perceptual > 0:
+            from .regressor import perceptual_loss
+
+            self.judge.to(pred.device)
+            lp = perceptual_loss(self.judge, pred, target)
+            logs[f"perc_{tag}"] = float(lp.detach())
+            loss = loss + self.w_perceptual * lp
+        return loss
+
     def loss(self, name: str, models: dict[str, Any], batch: dict[str, torch.Tensor], cache: dict, step: int):
         src, tgt, pose = batch["source"], batch["target"], batch["pose"]
         if name == "generator":
             warped, edited, _ = models["generator"](src, pose)
             warped, edited, tgt32 = warped.float(), edited.float(), tgt.float()
-            l_warp = reconstruction_loss(warped, tgt32)
+            logs: dict[str, float] = {}
+            l_warp = self._recon(warped, tgt32, logs, "warp")
             loss = self.w_warp * l_warp
-            logs = {"warp": float(l_warp.detach())}
+            logs["warp"] = float(l_warp.detach())
             if step >= self.edit_start:
-                l_final = reconstruction_loss(edited, tgt32)
+                l_final = self._recon(edited, tgt32, logs, "final")
                 loss = loss + self.w_final * l_final
                 logs["final"] = float(l_final.detach())
                 logs["l1"] = float((edited - tgt32).abs().mean().detach())

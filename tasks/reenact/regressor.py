@@ -1,6 +1,8 @@
 """A morph regressor trained on real anime renders: image → 17 morph weights + 3 head angles.
 
-It is the judge of **expression fidelity** (issue 4, metric (c)): trained only on renders of the
+It is the judge of **expression fidelity** (metric (c)) and, frozen, the generator's perceptual
+network (:func:`perceptual_loss`: no downloaded VGG weights exist here, so the features are those
+of a network trained here on the renders, which by training respond to eyes, brows and mouth): trained only on renders of the
 training identities (held-out expressions excluded), it reads the morphs off a generated frame;
 its error against the morphs the generator was asked for says whether the expression arrived.
 Its error on *real* renders of the same frames is reported beside it as the judge's own floor.
@@ -28,6 +30,14 @@ class MorphRegressor(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, 256), nn.LeakyReLU(0.2), nn.Linear(256, n_morphs + 3))
         self.n_morphs = n_morphs
+
+    def feature_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each of the 4 stages: the generator's perceptual features."""
+        out, h = [], image * 2 - 1
+        for i in range(0, len(self.features), 3):
+            h = self.features[i + 2](self.features[i + 1](self.features[i](h)))
+            out.append(h)
+        return out
 
     def logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.features(image * 2 - 1))
@@ -74,3 +84,14 @@ class RegressorRecipe:
         la = F.l1_loss(a.float(), batch["angles"].float()) / ANGLE_SCALE
         mae = (torch.sigmoid(logit.detach().float()) - batch["weights"].float()).abs().mean()
         return lw + la, {"morph_mae": float(mae), "angle_mae_deg": float(la.detach()) * ANGLE_SCALE}
+
+
+def perceptual_loss(judge: MorphRegressor, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the judge's 4 stages of the L1 distance of its activations (each stage normalised
+    by the target's mean absolute activation, so no stage dominates by scale)."""
+    loss = pred.new_zeros(())
+    with torch.no_grad():
+        ft = judge.feature_maps(target)
+    for fp, t in zip(judge.feature_maps(pred), ft):
+        loss = loss + (fp - t).abs().mean() / t.abs().mean().clamp_min(1e-6)
+    return loss / len(ft)

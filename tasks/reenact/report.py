@@ -29,31 +29,143 @@ def _load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: Path, edtn_dir: Path,
+def translation_test(cfg: ReenactConfig, data: ReenactData, B: torch.Tensor, nets: list[torch.nn.Module]) -> dict:
+    """(a) The fair test: human expressions with known anime answers (and distractors) → every
+    method → errors on the anime side with intervals; human-space errors as secondary columns."""
+    from tasks.common.morphs import MorphModel
+
+    from .anime_eval import AnimeGeometry, evaluate, fit_animo_bridge, translations
+    from .edtn import HumanGeometry
+    from .expressions import animo_pairs, scored_set
+    from .metrics import translate
+
+    e = cfg.edtn
+    ts = scored_set(e.eval_expressions, e.distractor_expressions, cfg.seed)
+    et = torch.as_tensor(ts.human)
+    edtn_preds = [translate(n, et, e.mouth_boost).numpy() for n in nets]
+    bridges, full = [], []
+    for i in range(len(nets)):  # a fresh subset of pairs per training seed
+        pairs = animo_pairs(cfg.animo.pairs, cfg.seed + i, cfg.animo.units)
+        bridges.append(fit_animo_bridge(pairs.human, pairs.anime, cfg.animo.ridge))
+        pairs = animo_pairs(cfg.animo.pairs, cfg.seed + i)
+        full.append(fit_animo_bridge(pairs.human, pairs.anime, cfg.animo.ridge))
+    preds = translations(ts.human, edtn_preds, B.numpy(), bridges, full)
+    m = data.manifest
+    anime_ids = sorted(m[(m.domain == "anime") & (m.split == "test")].identity.unique())
+    heads = [MorphModel.load(data.paths.morph_models / "anime" / f"{i}.npz") for i in anime_ids]
+    result = evaluate(ts.human, ts.anime, ts.distractor_only, preds, AnimeGeometry.from_models(heads), cfg.seed)
+    # secondary: what EDTN optimises — human mesh space through B, on the test human heads
+    hgeom = HumanGeometry.from_morph_models(data.paths.morph_models, data.human_identities("test"), B.numpy())
+    combos = torch.as_tensor(~ts.distractor_only)
+    human = {}
+    for method, ps in preds.items():
+        errs, losses = [], []
+        for p in ps:
+            pt = torch.as_tensor(p)[combos]
+            for i in range(hgeom.n_identities):
+                errs.append(hgeom.errors_mm(et[combos], pt, i)["vertex_mm"])
+                losses.append(float(hgeom.edtn_loss(et[combos], pt, i)[0]))
+        human[method] = {"human_vertex_mm": float(np.mean(errs)), "edtn_loss": float(np.mean(losses))}
+    # The ceiling of EDTN's own objective: per expression, the anime vector that minimises the
+    # EDTN loss through B on these heads (what a perfectly trained EDTN would output). If it is far
+    # from the truth, the bridge, not the training, limits EDTN.
+    best = _objective_optimum(hgeom, et)
+    result["objective_optimum"] = {
+        "human_space": {"human_vertex_mm": float(np.mean([hgeom.errors_mm(et[combos], best[combos], i)["vertex_mm"]
+                                                          for i in range(hgeom.n_identities)])),
+                        "edtn_loss": float(np.mean([float(hgeom.edtn_loss(et[combos], best[combos], i)[0])
+                                                    for i in range(hgeom.n_identities)]))},
+        "anime": evaluate(ts.human, ts.anime, ts.distractor_only, {"edtn": [best.numpy()]},
+                          AnimeGeometry.from_models(heads), cfg.seed, n_boot=200)}
+    result["human_space"] = human
+    result["anime_test_identities"] = anime_ids
+    result["animo_B_a"] = [b.tolist() for b in bridges[:1]]
+    return result
+
+
+def _objective_optimum(geom, e: torch.Tensor, steps: int = 300) -> torch.Tensor:
+    """argmin over p ∈ [0, 1]^17 of EDTN's loss (mean over the heads), per expression (projected Adam)."""
+    p = torch.zeros(len(e), geom.bridge.shape[0], requires_grad=True)
+    opt = torch.optim.Adam([p], lr=0.02)
+    for _ in range(steps):
+        loss = sum(geom.edtn_loss(e, p, i)[0] for i in range(geom.n_identities)) * len(e)  # per-expression scale
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            p.clamp_(0, 1)
+    return p.detach()
+
+
+def demo_rows(data: ReenactData, cfg: ReenactConfig, frames: int) -> tuple[list[dict], list[dict], np.ndarray, np.ndarray]:
+    """Render rows for the cross-domain demo: a smooth driving sequence built from the test
+    correspondences (keyframes of unit combinations, eased), on the first test human identity,
+    and the same sequence's true anime labels on the first test anime identity, same poses."""
+    from .expressions import compose
+
+    rng = np.random.default_rng([cfg.seed, 404])
+    keys = max(2, -(-(frames - 1) // 4) + 1)
+    ks = compose(rng, keys, max_units=2, distractor_share=0.3)
+    kp = np.stack([rng.uniform(-20, 20, keys), rng.uniform(-10, 10, keys), rng.uniform(-8, 8, keys)], 1)
+    pos = np.linspace(0, keys - 1, frames)
+    i0 = np.minimum(pos.astype(int), keys - 2)
+    a = (lambda t: t * t * (3 - 2 * t))(pos - i0)[:, None]
+    human = ((1 - a) * ks.human[i0] + a * ks.human[i0 + 1]).astype(np.float32)
+    anime = ((1 - a) * ks.anime[i0] + a * ks.anime[i0 + 1]).astype(np.float32)  # labels are linear in s
+    pose = (1 - a) * kp[i0] + a * kp[i0 + 1]
+    m = data.manifest
+    out = []
+    for domain, w in (("human", human), ("anime", anime)):
+        basis = m[(m.domain == domain) & (m.split == "test") & (m.kind == "basis")]
+        basis = basis[basis["style"] == (cfg.generator.styles[0] if domain == "anime" else basis["style"].iloc[0])]
+        row = basis.sort_values("identity").iloc[0].to_dict()
+        rows = []
+        for t in range(frames):
+            r = {k: v for k, v in row.items() if k not in ("shard", "member")}
+            r.update(weights=w[t], yaw=float(pose[t, 0]), pitch=float(pose[t, 1]), roll=float(pose[t, 2]),
+                     kind="demo", t=t, frame_id=f"{row['identity']}/demo_{t:04d}", member=f"demo_{domain}_{t:04d}.png",
+                     render_seed=int(rng.integers(0, 2**31 - 1)), resolution=int(row["resolution"]))
+            rows.append(r)
+        out.append(rows)
+    return out[0], out[1], anime, pose
+
+
+def render_demo(out: Path, human_rows: list[dict], anime_rows: list[dict], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render the demo's human driver and true anime frames with the animeceleb Blender worker."""
+    import pandas as pd
+
+    from workers.blender import render_shards
+
+    shard_dir = out / "demo_renders"
+    render_shards({"demo_human": human_rows, "demo_anime": anime_rows}, shard_dir, workers=1, threads=1)
+    imgs = []
+    for shard, rows in (("demo_human", human_rows), ("demo_anime", anime_rows)):
+        df = pd.DataFrame(rows).assign(shard=shard)
+        imgs.append(load_images(shard_dir, df, size).float() / 255)
+    return imgs[0], imgs[1]
+
+
+def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: Path, edtn_dirs: list[Path],
                  generator_dir: Path, regressor_dir: Path) -> None:
     """Evaluate and write ``metrics{,_full}.json``, ``table.md``, the strips and the MP4 into ``out``
     (a step's temp folder: it is renamed into place whole)."""
     from safetensors.torch import load_file
 
-    from .edtn import EDTN, HumanGeometry, sample_human_expressions
-    from .generator import AnimeGenerator
-    from .metrics import cross_domain, edtn_rows, generator_rows
+    from .bridge import linear_inverse
+    from .edtn import EDTN
+    from .generator import AnimeGenerator, psnr
+    from .metrics import generate, generator_rows, read_morphs, translate
     from .regressor import MorphRegressor
 
     t0 = time.time()
-    g, manifest = cfg.generator, data.manifest
+    g = cfg.generator
     B = load_file(str(Path(bridge_dir) / "bridge.safetensors"))["B"]
-    net = _load(EDTN(B.shape[1], B.shape[0], cfg.edtn.hidden), Path(edtn_dir) / "edtn.safetensors")
+    nets = [_load(EDTN(B.shape[1], B.shape[0], cfg.edtn.hidden), Path(d) / "edtn.safetensors") for d in edtn_dirs]
     gen = _load(AnimeGenerator(g.channels, g.descriptor, g.depth), Path(generator_dir) / "generator.safetensors")
     reg = _load(MorphRegressor(B.shape[0], cfg.regressor.channels, g.image_size), Path(regressor_dir) / "regressor.safetensors")
 
-    # (a) held-out human identities' heads × held-out expressions
-    test_geom = HumanGeometry.from_morph_models(data.paths.morph_models, data.human_identities("test"), B.numpy())
-    rendered = manifest[(manifest.domain == "human") & (manifest.split == "test")]
-    sets = {"test_identities_rendered": torch.as_tensor(np.stack(rendered.weights.to_numpy()).astype(np.float32)),
-            "fresh_random": sample_human_expressions(cfg.edtn.eval_expressions, B.shape[1], cfg.edtn.max_active,
-                                                     torch.Generator().manual_seed(cfg.seed + 7_777))}
-    ed = edtn_rows(test_geom, sets, net, B, cfg.edtn.mouth_boost)
+    # (a) the fair test of expression translation, on the anime side
+    tr = translation_test(cfg, data, B, nets)
 
     # (b) held-out identities and (c) training identities' held-out expressions
     test_frames = data.test_identity_frames(g.styles, g.image_size)
@@ -65,23 +177,41 @@ def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: P
     strip({"source": pics["source"], "true": pics["target"], "generated": pics["generated"]},
           out / "self_reenactment.png", size=max(g.image_size, 96))
 
-    # cross-domain: the test human identities' driving sequences → a held-out anime identity
-    hs = rendered[rendered.kind == "sequence"].sort_values(["identity", "sequence", "t"])
-    if hs.empty:
-        hs = rendered.head(8)
-    human_imgs = load_images(data.paths.shards, hs, g.image_size).float() / 255
-    basis = test_frames.rows[test_frames.rows.kind == "basis"].index
-    src = int(basis[0]) if len(basis) else 0
-    cd, frames = cross_domain(hs, human_imgs, test_frames.float_images([src])[0], gen, net, B, reg, cfg.edtn.mouth_boost)
-    cd["source_identity"] = str(test_frames.rows.identity.iloc[src])
-    strip({"human": frames["human"][:12], "EDTN": frames["edtn"][:12], "linear B^-1": frames["linear"][:12]},
-          out / "cross_domain.png", size=max(g.image_size, 96))
-    video([frames["human"], frames["edtn"], frames["linear"]], out / "cross_domain.mp4", cfg.video_fps)
+    # cross-domain: a test human drives a test anime identity; beside it the true anime render
+    hrows, arows, truth, pose = demo_rows(data, cfg, cfg.demo_frames)
+    human_imgs, true_imgs = render_demo(out, hrows, arows, g.image_size)
+    src_row = test_frames.rows[(test_frames.rows.identity == arows[0]["identity"]) & (test_frames.rows.kind == "basis")]
+    src = test_frames.float_images([int(src_row.index[0])])[0][None].expand(len(hrows), -1, -1, -1)
+    e = torch.as_tensor(np.stack([r["weights"] for r in hrows]))
+    angles = torch.as_tensor(pose, dtype=torch.float32)
+    from .data import pose_vector
+    from .anime_eval import fit_animo_bridge
+    from .expressions import animo_pairs
 
-    timing = {n: read_json(Path(d) / "train.json") for n, d in (("edtn", edtn_dir), ("generator", generator_dir),
-                                                                 ("regressor", regressor_dir))}
+    pairs = animo_pairs(cfg.animo.pairs, cfg.seed, cfg.animo.units)
+    p = {"EDTN": translate(nets[0], e, cfg.edtn.mouth_boost),
+         "Animo-style": linear_inverse(e, torch.as_tensor(fit_animo_bridge(pairs.human, pairs.anime, cfg.animo.ridge))),
+         "B^-1": linear_inverse(e, B)}
+    driven = {k: generate(gen, src, pose_vector(v, angles)) for k, v in p.items()}
+    truth_t = torch.as_tensor(truth)
+    cd = {"frames": len(hrows), "source_identity": arows[0]["identity"], "human_identity": hrows[0]["identity"],
+          "label_mae": {k: float((v - truth_t).abs().mean()) for k, v in p.items()},
+          "regressor_vs_truth_mae": {**{k: float((read_morphs(reg, v) - truth_t).abs().mean()) for k, v in driven.items()},
+                                     "true render": float((read_morphs(reg, true_imgs) - truth_t).abs().mean()),
+                                     "source copy": float((read_morphs(reg, src) - truth_t).abs().mean())},
+          "psnr_vs_true_render_db": {k: float(psnr(v, true_imgs).mean()) for k, v in driven.items()}}
+    rows = {"human driver": human_imgs, **{f"{k} anime": v for k, v in driven.items()}, "true anime": true_imgs}
+    strip({k: v[:12] for k, v in rows.items()}, out / "cross_domain.png", size=max(g.image_size, 96))
+    video(list(rows.values()), out / "cross_domain.mp4", cfg.video_fps)
+    import shutil
+
+    shutil.rmtree(out / "demo_renders", ignore_errors=True)
+
+    timing = {n: read_json(Path(d) / "train.json") for n, d in (("generator", generator_dir), ("regressor", regressor_dir))}
+    for i, d in enumerate(edtn_dirs):
+        timing[f"edtn_seed_{i}"] = read_json(Path(d) / "train.json")
     metrics = {
-        "edtn": ed, "generator": gen_rows, "cross_domain": cd,
+        "translation": tr, "generator": gen_rows, "cross_domain": cd,
         "timing": {n: {k: t[k] for k in ("wall_seconds", "steps", "backend", "device", "precision", "start_step")}
                    for n, t in timing.items()},
         "bridge": read_json(Path(bridge_dir) / "bridge.json")["morphs"],
@@ -89,15 +219,21 @@ def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: P
         "eval_seconds": time.time() - t0,
     }
     write_json(out / "metrics_full.json", metrics)
-    write_json(out / "metrics.json", flat_metrics(metrics))
-    write_json(out / "headline.json", headline(flat_metrics(metrics)))
+    flat = flat_metrics(metrics)
+    write_json(out / "metrics.json", flat)
+    write_json(out / "headline.json", headline(flat))
     (out / "table.md").write_text(tables(metrics) + "\n")
 
 
+METRICS = ("morph_mae", "eye_open_mm", "mouth_open_mm", "anime_lmk_mm")
+LEAKS = ("leak_mm", "leak_weight")
+
+
 def headline(flat: dict) -> dict:
-    """DVC's metrics view: EDTN vs its baseline (vertex error) and the generator (PSNR) per split."""
+    """DVC's metrics view: the translation test's anime-side errors per method, generator PSNR."""
     return {
-        "edtn_vertex_mm": {e: {m: v["vertex_mm"] for m, v in methods.items()} for e, methods in flat["edtn"].items()},
+        "translation": {m: {k: v[k] for k in ("morph_mae", "eye_open_mm", "mouth_open_mm", "leak_mm")}
+                        for m, v in flat["translation"].items()},
         "generator_psnr_db": {s: {m: v["psnr_db"] for m, v in methods.items() if "psnr_db" in v}
                               for s, methods in flat["generator"].items()},
     }
@@ -105,14 +241,25 @@ def headline(flat: dict) -> dict:
 
 def flat_metrics(m: dict) -> dict:
     """DVC metrics: a small nested dict of numbers (``dvc metrics show/diff``)."""
-    out: dict[str, Any] = {"edtn": {}, "generator": {}}
-    for r in m["edtn"]:
-        out["edtn"].setdefault(r["expressions"], {})[r["method"]] = {
-            k: round(r[k], 5) for k in ("vertex_mm", "landmark_mm", "eye_opening_mm", "lip_distance_mm")}
+    out: dict[str, Any] = {"translation": {}, "generator": {}}
+    tr = m["translation"]
+    for method, vals in tr["combinations"]["methods"].items():
+        row = {k: round(vals[k]["mean"], 5) for k in METRICS}
+        if tr["distractors"]:
+            row.update({k: round(tr["distractors"]["methods"][method][k]["mean"], 5) for k in LEAKS})
+        row.update({k: round(v, 5) for k, v in tr["human_space"][method].items()})
+        out["translation"][method] = row
+    opt = tr["objective_optimum"]
+    out["translation"]["edtn_loss_optimum"] = {
+        **{k: round(opt["anime"]["combinations"]["methods"]["edtn"][k]["mean"], 5) for k in METRICS},
+        **({k: round(opt["anime"]["distractors"]["methods"]["edtn"][k]["mean"], 5) for k in LEAKS}
+           if opt["anime"]["distractors"] else {}),
+        **{k: round(v, 5) for k, v in opt["human_space"].items()}}
     for r in m["generator"]:
         out["generator"].setdefault(r["split"], {})[r["method"]] = {
             k: round(r[k], 5) for k in ("psnr_db", "ssim", "l1", "regressor_morph_mae", "regressor_mae_changed") if k in r}
-    out["cross_domain"] = {k: v for k, v in m["cross_domain"].items() if isinstance(v, float)}
+    cd = m["cross_domain"]
+    out["cross_domain"] = {k: {n: round(x, 5) for n, x in v.items()} for k, v in cd.items() if isinstance(v, dict)}
     out["train_seconds"] = {k: round(v["wall_seconds"], 1) for k, v in m["timing"].items()}
     return out
 
@@ -170,22 +317,70 @@ def video(frames: list[torch.Tensor], path: Path, fps: int) -> Path:
     return path
 
 
+def _cell(v: dict, digits: int = 3) -> str:
+    """mean [expression CI] (seed CI): the two 95 % intervals of a mean."""
+    f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+    out = f"{f(v['mean'])} [{f(v['expr_ci'][0])}, {f(v['expr_ci'][1])}]"
+    if v.get("seed_ci"):
+        out += f" ({f(v['seed_ci'][0])}, {f(v['seed_ci'][1])})"
+    return out
+
+
 def tables(metrics: dict) -> str:
-    ed = [{k: r[k] for k in ("expressions", "method", "n", "vertex_mm", "landmark_mm", "eye_opening_mm",
-                              "lip_distance_mm", "edtn_loss")} for r in metrics["edtn"]]
+    from tasks.common.morphs import ANIME_MORPH_NAMES
+
+    tr = metrics["translation"]
+    comb, dis, hs = tr["combinations"], tr["distractors"], tr["human_space"]
+    main = []
+    for method, vals in comb["methods"].items():
+        row = {"method": method, **{k: _cell(vals[k], 4 if k == "morph_mae" else 2) for k in METRICS}}
+        if dis:
+            row.update({k: _cell(dis["methods"][method][k], 2) for k in LEAKS})
+        row.update({k: round(v, 4) for k, v in hs[method].items()})
+        main.append(row)
+    opt = tr["objective_optimum"]
+    row = {"method": "(EDTN-loss optimum)", **{k: _cell(opt["anime"]["combinations"]["methods"]["edtn"][k],
+                                                       4 if k == "morph_mae" else 2) for k in METRICS}}
+    if opt["anime"]["distractors"]:
+        row.update({k: _cell(opt["anime"]["distractors"]["methods"]["edtn"][k], 2) for k in LEAKS})
+    row.update({k: round(v, 4) for k, v in opt["human_space"].items()})
+    main.append(row)
+    diff = []
+    for method, vals in comb["edtn_minus"].items():
+        row = {"EDTN minus": method, **{k: _cell(vals[k], 4 if k == "morph_mae" else 2) for k in METRICS}}
+        if dis:
+            row.update({k: _cell(dis["edtn_minus"][method][k], 2) for k in LEAKS})
+        diff.append(row)
+    per = [{"morph": n, **{m: round(v[k], 3) for m, v in tr["per_morph_mae"].items()}} for k, n in enumerate(ANIME_MORPH_NAMES)]
     gen = [{k: r.get(k, "") for k in ("split", "method", "pairs", "psnr_db", "ssim", "l1", "regressor_morph_mae",
-                                             "regressor_mae_changed")}
-           for r in metrics["generator"]]
-    t = metrics["timing"]
+                                      "regressor_mae_changed")} for r in metrics["generator"]]
     cd = metrics["cross_domain"]
+    cdt = [{"anime frames": k, "regressor vs true labels (MAE)": v,
+            "labels vs true (MAE)": cd["label_mae"].get(k, ""), "PSNR vs true render (dB)": cd["psnr_vs_true_render_db"].get(k, "")}
+           for k, v in cd["regressor_vs_truth_mae"].items()]
+    t = metrics["timing"]
+    seeds = next(iter(comb["methods"]["edtn"].values()))["seeds"]
     return (
-        "**(a) EDTN vs the linear mapping (B inverse), human mesh space, test identities' heads** "
-        "(mm; landmark error in the frontal plane)\n\n" + markdown_table(ed)
+        f"**(a) Expression translation, scored on the anime side** ({tr['n_combinations']} human test expressions "
+        f"built from semantic correspondences, half with distractor shapes, + {tr['n_distractor_only']} "
+        f"distractor-only; anime geometry of {len(tr['anime_test_identities'])} test anime heads). Cells: mean "
+        f"[95 % interval over test expressions] (95 % interval over {seeds} training seeds, where the seed "
+        "changes the method). morph_mae: mean |p − p*| over the 17 morphs; eye/mouth_open_mm: eye-opening / "
+        "lip-distance error on the anime heads; anime_lmk_mm: landmark error; leak_*: anime motion (mm) and "
+        "summed morph weight on distractor-only expressions (answer: neutral); human_vertex_mm, edtn_loss: "
+        "secondary, in human mesh space through B (what EDTN optimises). (EDTN-loss optimum): per expression, "
+        "the anime vector that minimises EDTN's own loss — the best any EDTN could reach through this B.\n\n"
+        + markdown_table(main)
+        + "\n\n**EDTN minus each baseline** (negative = EDTN better; paired over the same expressions)\n\n"
+        + markdown_table(diff)
+        + "\n\n**Per-morph error** (mean |p − p*| on the test combinations)\n\n" + markdown_table(per)
         + "\n\n**(b) self-reenactment and (c) expression fidelity** (regressor_morph_mae: the morph regressor's "
-        "mean abs error against the driving frame's true morphs, over all 17 and over the morphs the driving frame changes by > 0.1 from the source; true_render = the judge's own floor)\n\n"
-        + markdown_table(gen)
-        + f"\n\nCross-domain ({cd['frames']} human driving frames): regressor vs requested morphs, EDTN-driven "
-        f"{cd['edtn_regressor_vs_requested_mae']:.4f}, linear-driven {cd['linear_regressor_vs_requested_mae']:.4f}."
+        "mean abs error against the driving frame's true morphs, over all 17 and over the morphs the driving frame "
+        "changes by > 0.1 from the source; true_render = the judge reading real held-out renders, its proof of "
+        "reading; source_copy = what it reads off an unchanged source)\n\n" + markdown_table(gen)
+        + f"\n\n**Cross-domain demo** ({cd['frames']} frames: test human {cd['human_identity']} drives test anime "
+        f"{cd['source_identity']}; the true anime frames are rendered from the ground-truth labels)\n\n"
+        + markdown_table(cdt)
         + "\n\nTraining: " + ", ".join(f"{k} {v['wall_seconds']:.0f} s ({v['steps']} steps, {v['backend']})"
                                        for k, v in t.items()) + "."
     )

@@ -1,4 +1,4 @@
-"""The ``reenact`` flow's Prefect steps: bridge → (EDTN ‖ generator ‖ regressor) → report.
+"""The ``reenact`` flow's Prefect steps: bridge → (EDTN × seeds ‖ regressor → generator) → report.
 
 Each step owns ``data/reenact/<step>/``. ``bridge`` and ``report`` are cached whole on (inputs,
 config, code). The three training steps share one pattern (:func:`_train`): a step names its
@@ -25,8 +25,9 @@ FLOW = "reenact"
 
 
 def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: dict, inputs: list[Path],
-           threads: int) -> Path:
-    """Train ``recipe()`` into ``data/reenact/<name>/`` unless its key is already there, intact.
+           threads: int, folder: str | None = None, seed: int | None = None) -> Path:
+    """Train ``recipe()`` (model ``name``) into ``data/reenact/<folder or name>/`` unless its key is
+    already there, intact.
 
     The recipe is built only when there is work (building it loads the training images).
     """
@@ -37,8 +38,9 @@ def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: 
     set_threads(threads)
     # resources.device rules every step (cuda:N is the GPU Ray gave this step, seen as cuda)
     training = cfg.training.on(cfg.resources.device)
-    out = step_dir(FLOW, name)
-    key = cache_key(step=name, config={**config, "training": training, "seed": cfg.seed}, inputs=inputs)
+    out = step_dir(FLOW, folder or name)
+    key = cache_key(step=folder or name, config={**config, "training": training,
+                                                 "seed": cfg.seed if seed is None else seed}, inputs=inputs)
     run = ResumableStep(out, key)
     if run.is_complete():
         return out
@@ -76,9 +78,10 @@ def bridge(cfg: ReenactConfig) -> Path:
     return out
 
 
-@step("reenact.edtn", run_name="train[edtn, {cfg.edtn.steps} steps]")
-def edtn(cfg: ReenactConfig, bridge_dir: Path, threads: int = 1) -> Path:
-    """Train EDTN on the training human identities' heads through B."""
+@step("reenact.edtn", run_name="train[edtn seed {index}, {cfg.edtn.steps} steps]")
+def edtn(cfg: ReenactConfig, bridge_dir: Path, index: int = 0, threads: int = 1) -> Path:
+    """Train EDTN number ``index`` (seed ``cfg.seed + index``) on the training human identities'
+    heads through B, into ``edtn/seed_<index>/``."""
     from safetensors.torch import load_file
 
     from .data import human_expressions
@@ -90,27 +93,41 @@ def edtn(cfg: ReenactConfig, bridge_dir: Path, threads: int = 1) -> Path:
         B = load_file(str(Path(bridge_dir) / "bridge.safetensors"))["B"].numpy()
         geometry = HumanGeometry.from_morph_models(data.paths.morph_models, data.human_identities("train"), B)
         return EDTNRecipe(geometry, human_expressions(data.manifest, "train"), steps=e.steps, batch=e.batch, lr=e.lr,
-                          max_active=e.max_active, hidden=e.hidden, seed=cfg.seed, manifest_fraction=e.manifest_fraction)
+                          max_active=e.max_active, hidden=e.hidden, seed=cfg.seed + index,
+                          manifest_fraction=e.manifest_fraction, sampler=e.sampler)
 
-    return _train("edtn", cfg, recipe, config={"edtn": e}, inputs=[*data.labels, bridge_dir], threads=threads)
+    # the key leaves out what does not change this model (the seed count, the test-set sizes)
+    train_cfg = e.model_dump(mode="json", exclude={"seeds", "eval_expressions", "distractor_expressions", "mouth_boost"})
+    return _train("edtn", cfg, recipe, config={"edtn": train_cfg}, inputs=[*data.labels, bridge_dir], threads=threads,
+                  folder=f"edtn/seed_{index}", seed=cfg.seed + index)
 
 
 @step("reenact.generator", run_name="train[generator, {cfg.generator.steps} steps]")
-def generator(cfg: ReenactConfig, threads: int = 1) -> Path:
-    """Train the anime head generator (+ patch discriminator) on self-reenactment pairs."""
+def generator(cfg: ReenactConfig, regressor_dir: Path, threads: int = 1) -> Path:
+    """Train the anime head generator (+ patch discriminator) on self-reenactment pairs, with the
+    trained morph regressor's features as its perceptual loss."""
     from .data import PairSampler
     from .generator import GeneratorRecipe
+    from .regressor import MorphRegressor
 
     data, g = ReenactData.open(cfg), cfg.generator
 
     def recipe() -> GeneratorRecipe:
+        from safetensors.torch import load_file
+
+        judge = None
+        if g.w_perceptual > 0:
+            judge = MorphRegressor(17, cfg.regressor.channels, g.image_size)
+            judge.load_state_dict(load_file(str(Path(regressor_dir) / "regressor.safetensors")))
         return GeneratorRecipe(PairSampler(data.train_frames(g.styles, g.image_size)), steps=g.steps, batch=g.batch,
                                lr=g.lr, channels=g.channels, descriptor=g.descriptor, depth=g.depth, w_warp=g.w_warp,
                                w_final=g.w_final, w_adv=g.w_adv, edit_start=int(g.edit_start * g.steps),
-                               adv_start=int(g.adv_start * g.steps), seed=cfg.seed)
+                               adv_start=int(g.adv_start * g.steps), seed=cfg.seed, judge=judge,
+                               w_perceptual=g.w_perceptual)
 
+    inputs = [*data.labels, data.paths.shards] + ([Path(regressor_dir)] if g.w_perceptual > 0 else [])
     return _train("generator", cfg, recipe, config={"g": g, "heldout": cfg.heldout_expression_fraction},
-                  inputs=[*data.labels, data.paths.shards], threads=threads)
+                  inputs=inputs, threads=threads)
 
 
 @step("reenact.regressor", run_name="train[regressor, {cfg.regressor.steps} steps]")
@@ -130,7 +147,7 @@ def regressor(cfg: ReenactConfig, threads: int = 1) -> Path:
 
 
 @step("reenact.report", run_name="report[{cfg.eval_pairs} pairs]")
-def report(cfg: ReenactConfig, bridge_dir: Path, edtn_dir: Path, generator_dir: Path, regressor_dir: Path,
+def report(cfg: ReenactConfig, bridge_dir: Path, edtn_dirs: list[Path], generator_dir: Path, regressor_dir: Path,
            threads: int = 1) -> Path:
     """Metrics (a)(b)(c) on held-out identities and expressions; strips, the cross-domain MP4, tables."""
     from .report import write_report
@@ -139,8 +156,8 @@ def report(cfg: ReenactConfig, bridge_dir: Path, edtn_dir: Path, generator_dir: 
     data = ReenactData.open(cfg)
     out = step_dir(FLOW, "report")
     key = cache_key(step="report", config=cfg.model_dump(mode="json", exclude={"resources"}),
-                    inputs=[*data.labels, data.paths.shards, bridge_dir, edtn_dir, generator_dir, regressor_dir])
+                    inputs=[*data.labels, data.paths.shards, bridge_dir, *edtn_dirs, generator_dir, regressor_dir])
     with cached_step(out, key) as tmp:
         if tmp is not None:
-            write_report(tmp, cfg, data, bridge_dir, edtn_dir, generator_dir, regressor_dir)
+            write_report(tmp, cfg, data, bridge_dir, edtn_dirs, generator_dir, regressor_dir)
     return out

@@ -61,10 +61,12 @@ class SupernetSearchRecipe:
         return {"supernet": Supernet(self.cfg.supernet, self.block_latency_us, self.fixed_latency_us)}
 
     def optimizer(self, name: str, module: Supernet) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([
-            {"params": module.weight_parameters(), "lr": self.cfg.lr, "weight_decay": 1e-5},
-            {"params": module.threshold_parameters(), "lr": self.cfg.threshold_lr, "weight_decay": 0.0},
-        ])
+        groups = [{"params": module.weight_parameters(), "lr": self.cfg.lr, "weight_decay": 1e-5},
+                  {"params": module.threshold_parameters(), "lr": self.cfg.threshold_lr, "weight_decay": 0.0}]
+        if self.cfg.threshold_optimizer == "sgd":
+            groups[1]["sgd"] = True
+            return AdamWWithSGDGroups(groups)
+        return torch.optim.AdamW(groups)
 
     def schedule(self, name: str, optimizer: torch.optim.Optimizer, step: int) -> None:
         optimizer.param_groups[0]["lr"] = cosine_lr(step, self.steps, self.cfg.lr, self.warmup)
@@ -94,6 +96,54 @@ class SupernetSearchRecipe:
         return loss, info
 
 
+class AdamWWithSGDGroups(torch.optim.Optimizer):
+    """AdamW on every group, except plain SGD on groups marked ``sgd=True`` (the thresholds).
+
+    Why (issue 14's diagnosis): Adam divides each parameter's step by its own gradient scale, so
+    every threshold moves by about ``lr`` per step whatever the latency its indicator gates —
+    the table's cost differences only set the sign. All thresholds then cross their (similar)
+    weight norms together: one epoch after the latency phase starts every block lost the same
+    groups and the net fell far under the search target. With SGD the step is proportional to
+    the gradient, i.e. to the latency (and accuracy) at stake, so expensive choices go first.
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(groups, dict(lr=1e-3, weight_decay=0.0, sgd=False, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if g["sgd"]:
+                    p.add_(p.grad, alpha=-g["lr"])
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros(())
+                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                st["step"] += 1
+                t, (b1, b2) = float(st["step"]), g["betas"]
+                p.mul_(1 - g["lr"] * g["weight_decay"])
+                st["exp_avg"].lerp_(p.grad, 1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (st["exp_avg_sq"] / (1 - b2 ** t)).sqrt_().add_(g["eps"])
+                p.addcdiv_(st["exp_avg"], denom, value=-g["lr"] / (1 - b1 ** t))
+
+
+def indicator_summary(model: Supernet) -> list[dict]:
+    """Per block and branch: the score (RMS − threshold) of every ring and group indicator, for
+    the diagnosis of the threshold training (a positive score = on)."""
+    out = []
+    for i, b in enumerate(model.blocks):
+        for j, br in enumerate(b.branches):
+            out.append({"block": i, "branch": j, "ring_scores": [round(float(x), 4) for x in br.ring_scores().detach()],
+                        "group_scores": [round(float(x), 4) for x in br.group_scores().detach()],
+                        "ring_t": [round(float(x), 4) for x in br.ring_t.detach()], "group_t": [round(float(x), 4) for x in br.group_t.detach()]})
+    return out
+
+
 def single_path_search(recipe: SupernetSearchRecipe, splits: dict, ckpt_dir: Path | str, device: torch.device,
                        progress: Progress = None) -> tuple[Arch, dict]:
     """Train (or resume) the supernet; the architecture read out of it and the search record."""
@@ -112,6 +162,7 @@ def single_path_search(recipe: SupernetSearchRecipe, splits: dict, ckpt_dir: Pat
     return arch, {"history": history, "search_seconds": time.perf_counter() - t0, "supernet_val_acc": val_acc,
                   "target_us": recipe.target_us, "latency_us": recipe.arch_latency_us(arch), "steps": res.steps,
                   "resumed_from": res.start_step, "image_passes": res.steps * recipe.cfg.batch_size,
+                  "indicators": indicator_summary(model), "distinct_blocks": len({b.branches for b in arch.active_blocks()}),
                   "train_history": res.history}
 
 

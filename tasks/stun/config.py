@@ -71,7 +71,9 @@ class ZooConfig(ConfigSection):
     heldout_works: int = Field(default=2, ge=1, le=20)
     """Whole plays held out for perplexity; two plays give over 100k held-out tokens."""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    """Seeds the corpus split, initialisation and batch order: a rerun gives the same model."""
+    """Seeds the corpus split (held-out works and problems), the same for every training seed so
+    all seeds are judged on the same data; the flow's ``seeds`` seed initialisation and batch
+    order (one zoo model per seed)."""
     threads: int = Field(default=2, ge=1, le=256)
     """torch CPU threads training uses. Part of the model's identity, not the machine's: a sum
     split over another number of threads rounds differently and hundreds of steps amplify that
@@ -106,15 +108,28 @@ class StunConfig(FlowConfig):
     zoo: ZooConfig = Field(default_factory=ZooConfig)
     """Architecture and training recipe of the embedded model (used when model='zoo')."""
 
-    sparsities: list[float] = Field(default_factory=lambda: [0.4, 0.5, 0.65], min_length=1, max_length=32)
-    """Total sparsity levels of the sweep, each in [0, 1): fraction of expert weights removed."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, max_length=16)
+    """Seeds of the repeated experiment: each one trains its own zoo model (initialisation and
+    batch order; model=zoo) and draws its own calibration set; the report gives mean ± std over
+    them. Two fit `make run`'s 20 minutes on two cores; the ``paper`` preset runs three."""
+
+    sparsities: list[float] = Field(default_factory=lambda: [0.4, 0.5, 0.65, 0.75, 0.8], min_length=1,
+                                    max_length=32)
+    """Total sparsity levels of the sweep, each in [0, 1): fraction of expert weights removed.
+    The paper's claim lives at 40-80 % (its Arctic/Mixtral tables: 40 % and 65 %)."""
+
+    expert_fractions: list[float] = Field(default_factory=lambda: [0.0, 0.125, 0.25], min_length=1, max_length=16)
+    """x values of the sweep (the paper's Figure 1 axis): at each S, STUN removes a fraction x of
+    the experts first, then prunes u = 1 − (1 − S)/(1 − x) of the rest; x = 0 is unstructured
+    pruning alone (the Wanda/OWL baseline rows)."""
 
     expert_fraction: float = Field(0.25, ge=0.0, lt=1.0)
-    """x: share of experts STUN removes before unstructured pruning (0.25 = 2 of 8 per layer,
-    the Mixtral expert-only operating point in the paper)."""
+    """x of the single-point studies: the expert-only baselines (NAEE, frequency drop, STUN's
+    expert stage alone), the budget / co-activation ablations, and the kurtosis study
+    (0.25 = 2 of 8 experts per layer, the paper's Mixtral expert-only operating point)."""
 
     keep_experts: int | None = Field(None, ge=1, le=4096)
-    """Experts kept per layer by STUN's structured stage; overrides expert_fraction when set."""
+    """Experts kept per layer at the single-point studies; overrides expert_fraction when set."""
 
     budget: Literal["uniform", "global"] = "uniform"
     """'uniform': every layer keeps the same number of experts (loads in stock transformers);
@@ -123,8 +138,29 @@ class StunConfig(FlowConfig):
     lambda1: float = Field(1.0, ge=0.0, le=1e6)
     """λ1: weight of the router-row distance ‖W_i − W_j‖ in the expert similarity."""
 
-    lambda2: float = Field(1.0, ge=0.0, le=1e6)
-    """λ2: weight of the co-activation count a_ij (needs one calibration sweep; 0 = none)."""
+    lambda2: float = Field(0.0, ge=0.0, le=1e6)
+    """λ2: weight of the co-activation term a_ij (needs one calibration sweep; 0 = none). The
+    paper's notes give (λ1, λ2) = (1, 0) for Arctic: router distance alone, no forward pass."""
+
+    coactivation: Literal["raw", "normalised"] = "raw"
+    """a_ij when λ2 > 0: 'raw' = counts of tokens routing to both i and j (the released
+    ``assemble_logit_patterns.py``; grows with how busy the experts are), 'normalised' = counts
+    divided by √(usage_i·usage_j), which measures co-selection rather than traffic."""
+
+    ablations: list[Literal["global", "coact_raw", "coact_normalised"]] = Field(
+        default_factory=lambda: ["global", "coact_raw", "coact_normalised"], max_length=3)
+    """STUN's expert stage alone at expert_fraction, re-run with one setting changed and
+    evaluated beside the default: 'global' = the released one-τ budget, 'coact_raw' /
+    'coact_normalised' = λ2 = 1 with raw / normalised co-activation."""
+
+    kurtosis_sparsity: float | None = Field(0.65, ge=0.0, lt=1.0)
+    """S of the kurtosis study (both orders: experts→unstructured and unstructured→experts, at
+    expert_fraction); null = no study."""
+
+    scope: Literal["experts", "layer"] = "experts"
+    """What the unstructured stage prunes: 'experts' = routed (and shared) expert weights only;
+    'layer' = every linear layer of a decoder layer (attention, router, experts), the scope of
+    the released Wanda/OWL, so numbers compare in kind with the paper's."""
 
     reconstruction: Literal["none", "small_clusters", "max_clusters"] = "none"
     """How a cluster is replaced: 'none' = member closest to the centroid (released code);
@@ -134,12 +170,15 @@ class StunConfig(FlowConfig):
     kappa: int = Field(3, ge=1, le=4096)
     """κ of the selective-reconstruction rule."""
 
-    unstructured: list[Literal["wanda", "owl", "magnitude"]] = Field(default_factory=lambda: ["wanda", "owl"], min_length=1, max_length=3)
+    unstructured: list[Literal["wanda", "owl", "magnitude"]] = Field(default_factory=lambda: ["owl"], min_length=1, max_length=3)
     """Second-stage methods STUN is run with (each one a curve)."""
 
-    baselines: list[Baseline] = Field(default_factory=lambda: ["wanda", "owl", "naee", "frequency", "stun_experts"],
+    baselines: list[Baseline] = Field(default_factory=lambda: ["naee", "frequency", "stun_experts"],
                                       max_length=5)
-    """Baselines evaluated in the same run at the same sparsities."""
+    """Baselines of the same run: 'wanda' / 'owl' add unstructured-only rows at every S (besides
+    the x = 0 twins of ``unstructured``; off by default to keep `make run` under 20 minutes);
+    'naee', 'frequency', 'stun_experts' prune experts alone at expert_fraction ('stun_experts'
+    also to every S: the other end of Figure 1)."""
 
     nm: str | None = None
     """Optional N:M semi-structured pattern for the unstructured stage, e.g. '2:4': it fixes the
@@ -155,9 +194,23 @@ class StunConfig(FlowConfig):
     naee_max_combinations: int = Field(200_000, ge=1, le=100_000_000)
     """NAEE refuses layers whose C(n, r) subsets exceed this (its cost is exponential)."""
 
+    calib_data: str | None = Field(None, min_length=1, max_length=4096)
+    """Calibration text by path (``.jsonl`` with a "text" field, or plain text with documents
+    split by blank lines), tokenised by the model's own tokenizer; null = the zoo corpus's
+    training mix. Use the model's own domain: the paper calibrates on C4."""
+
+    eval_data: str | None = Field(None, min_length=1, max_length=4096)
+    """Held-out text for perplexity by path (same formats); null = the zoo corpus's held-out plays.
+    Without ``eval_problems_data`` exact match is then not scored."""
+
+    eval_problems_data: str | None = Field(None, min_length=1, max_length=4096)
+    """Problem set for exact match by path: JSONL ``{"question", "answer": int[, "solution"]}``,
+    prompted as ``Question: …\nAnswer:`` and read after ``####``."""
+
     calib_samples: int = Field(64, ge=1, le=65_536)
     """Calibration sequences for profiling and Wanda/OWL statistics (the profiling actors of
-    ``resources.workers`` share them)."""
+    ``resources.workers`` share them). The paper's defaults: 128 × 2048 tokens of C4 for
+    Wanda/OWL, 1000 × 2048 for co-activation profiling; 64 × 128 fits the zoo on two cores."""
 
     calib_seq_len: int = Field(128, ge=8, le=32_768)
     """Tokens per calibration sequence; samples x length is at most 2^20 tokens."""
@@ -165,17 +218,20 @@ class StunConfig(FlowConfig):
     eval_ppl_tokens: int = Field(16384, ge=256, le=2**24)
     """Held-out tokens scored for perplexity per evaluated model."""
 
-    eval_problems: int = Field(150, ge=1, le=100_000)
-    """Held-out arithmetic problems for generative exact match per evaluated model."""
+    eval_problems: int | None = Field(None, ge=1, le=100_000)
+    """Held-out test problems scored for generative exact match; null = all of them (the held-out
+    problems minus the validation ones)."""
 
-    export_sparsity: float = Field(0.5, ge=0.0, lt=1.0)
-    """Sparsity of the exported checkpoint (STUN + export_method, uniform budget)."""
+    val_problems: int = Field(50, ge=1, le=100_000)
+    """Held-out problems kept apart as the validation split (the last ones), used only to choose
+    the exported checkpoint; the test rows never see them."""
 
-    export_method: Literal["wanda", "owl", "magnitude"] = "owl"
-    """Unstructured method of the exported checkpoint."""
+    val_ppl_tokens: int = Field(8192, ge=256, le=2**24)
+    """Validation tokens (the held-out tokens after the test ones) for choosing the export."""
 
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    """Seed of calibration sampling and everything random downstream."""
+    export_sparsity: float = Field(0.65, ge=0.0, lt=1.0)
+    """Sparsity of the exported checkpoint: the best STUN variant there (any x > 0 and
+    unstructured method) by validation perplexity, from the first seed."""
 
     @field_validator("sparsities")
     @classmethod
@@ -185,7 +241,23 @@ class StunConfig(FlowConfig):
                 raise ValueError(f"every sparsity must be in [0, 1), got {s}")
         return sorted(set(v))
 
-    @field_validator("unstructured", "baselines")
+    @field_validator("expert_fractions")
+    @classmethod
+    def _fractions_in_range(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not 0.0 <= x < 1.0:
+                raise ValueError(f"every expert fraction must be in [0, 1), got {x}")
+        return sorted(set(v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_valid(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s < 2**31:
+                raise ValueError(f"every seed must be in [0, 2^31), got {s}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("unstructured", "baselines", "ablations")
     @classmethod
     def _each_once(cls, v: list[str]) -> list[str]:
         # A method listed twice would make two variants of one name write the same folders.
@@ -208,22 +280,34 @@ class StunConfig(FlowConfig):
     def _lambdas(self) -> "StunConfig":
         if self.lambda1 == 0 and self.lambda2 == 0:
             raise ValueError("lambda1: lambda1 and lambda2 are both 0, so the expert similarity would be empty")
-        if self.nm is not None and self.export_method == "owl":
+        if self.nm is not None and self.unstructured == ["owl"]:
             raise ValueError(
                 "nm: an N:M pattern fixes every layer's sparsity at N/M, so OWL's per-layer ratios cannot "
-                "apply; set export_method=wanda (OWL curves are skipped under nm)"
+                "apply; add wanda or magnitude to unstructured (OWL curves are skipped under nm)"
             )
         if self.calib_samples * self.calib_seq_len > MAX_CALIB_TOKENS:
             raise ValueError(
                 f"calib_samples: {self.calib_samples} x calib_seq_len={self.calib_seq_len} calibration tokens exceed "
                 f"{MAX_CALIB_TOKENS:,} (the streaming pruner holds every calibration token's activations per layer)"
             )
-        if self.export_sparsity < self.expert_fraction and self.keep_experts is None:
+        if not any(x > 0 and self.export_sparsity >= x - 1e-9 for x in self.expert_fractions):
             raise ValueError(
-                f"export_sparsity: {self.export_sparsity} is below expert_fraction={self.expert_fraction}: "
-                "STUN cannot remove fewer weights than its expert stage already does"
+                f"export_sparsity: {self.export_sparsity} has no STUN variant: it needs an expert fraction x > 0 "
+                f"at or below it in expert_fractions={self.expert_fractions}"
             )
+        if self.kurtosis_sparsity is not None and self.kurtosis_sparsity < self.expert_fraction:
+            raise ValueError(f"kurtosis_sparsity: {self.kurtosis_sparsity} is below expert_fraction="
+                             f"{self.expert_fraction} (the expert stage alone already removes more)")
         return self
+
+    @field_validator("calib_data", "eval_data", "eval_problems_data")
+    @classmethod
+    def _data_file_exists(cls, v: str | None) -> str | None:
+        from pathlib import Path
+
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -252,6 +336,10 @@ class StunConfig(FlowConfig):
                 f"expert_fraction: {self.expert_fraction} (keep_experts={self.keep_experts}) leaves {keep} experts "
                 f"per layer, fewer than the model's top-k={k}" + (" (zoo.top_k)" if self.model == "zoo" else "")
             )
+        for x in self.expert_fractions:
+            if round(n * (1.0 - x)) < k:
+                raise ValueError(f"expert_fractions: x={x} leaves {round(n * (1.0 - x))} experts per layer, "
+                                 f"fewer than the model's top-k={k}")
         return self
 
     def experts_and_top_k(self) -> tuple[int, int]:

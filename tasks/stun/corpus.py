@@ -388,3 +388,69 @@ def load_corpus(corpus_dir: Path | str) -> Corpus:
         train_works=[r.get("work", "") for r in train_rows],
         heldout_works=[r.get("work", "") for r in heldout_rows],
     )
+
+
+# ---------------------------------------------------------------------------- a user's data
+
+
+def read_texts(path: Path | str, field: str = "text") -> list[str]:
+    """Documents of a user's text file: ``.jsonl`` → each line's ``field``; any other file →
+    documents separated by blank lines (one document if there are none)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    if p.suffix == ".jsonl":
+        rows = _read_jsonl(p)
+        missing = [i for i, r in enumerate(rows) if not isinstance(r.get(field), str)]
+        if missing:
+            raise ValueError(f"{p}: line {missing[0] + 1} has no string field {field!r}")
+        texts = [r[field] for r in rows]
+    else:
+        raw = p.read_text(encoding="utf-8", errors="replace")
+        texts = [t.strip("\n") for t in re.split(r"\n\s*\n", raw)]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"{p}: no text in it")
+    return texts
+
+
+def read_problems(path: Path | str) -> list[ArithmeticProblem]:
+    """A user's problem set: JSONL rows ``{"question": str, "answer": int[, "solution": str]}``;
+    scored by greedy continuation of ``Question: …\\nAnswer:`` until ``#### <answer>``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    out = []
+    for i, row in enumerate(_read_jsonl(p)):
+        try:
+            out.append(ArithmeticProblem(question=str(row["question"]), solution=str(row.get("solution", "")),
+                                         answer=int(row["answer"]), template="user", numbers=(i,)))
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(f"{p}: line {i + 1} needs 'question' and an integer 'answer'") from None
+    if not out:
+        raise ValueError(f"{p}: no problems in it")
+    return out
+
+
+def build_user_corpus(out_dir: Path, base_dir: Path, *, calib_data: str | None, eval_data: str | None,
+                      eval_problems: str | None) -> dict:
+    """A corpus folder for calibration / evaluation on the user's data, filled from the base
+    (zoo) corpus wherever no file is given. Calibration text replaces the training mix (no
+    problems then); evaluation text replaces the held-out works and, without a problem set,
+    drops the held-out problems (exact match is only scored on a problem set given for it)."""
+    base = load_corpus(base_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = read_texts(calib_data) if calib_data else base.train_text
+    train_names = [Path(calib_data).name] * len(train) if calib_data else base.train_works
+    held = read_texts(eval_data) if eval_data else base.heldout_text
+    held_names = [Path(eval_data).name] * len(held) if eval_data else base.heldout_works
+    problems = read_problems(eval_problems) if eval_problems else ([] if eval_data else base.heldout_problems)
+    return {
+        "train_works": _write_jsonl(out_dir / "train_text.jsonl", ({"work": n, "text": t} for n, t in zip(train_names, train))),
+        "heldout_works": _write_jsonl(out_dir / "heldout_text.jsonl", ({"work": n, "text": t} for n, t in zip(held_names, held))),
+        "train_problems": _write_jsonl(out_dir / "train_problems.jsonl",
+                                       map(_problem_row, [] if calib_data else base.train_problems)),
+        "heldout_problems": _write_jsonl(out_dir / "heldout_problems.jsonl", map(_problem_row, problems)),
+        "sources": {"calib_data": calib_data, "eval_data": eval_data, "eval_problems": eval_problems},
+    }

@@ -54,9 +54,16 @@ def perplexity(
     context; the first token of each window is context only. ``max_tokens`` keeps only the
     first tokens of the stream, so the cost is bounded and the same tokens are always used.
     """
+    return stream_perplexity(model, token_stream(tokenizer, texts, max_tokens), seq_len=seq_len,
+                             batch_size=batch_size)
+
+
+@torch.no_grad()
+def stream_perplexity(model: torch.nn.Module, stream: Sequence[int], *, seq_len: int, batch_size: int = 8) -> float:
+    """:func:`perplexity` of an already tokenized stream (non-overlapping ``seq_len`` windows)."""
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len}: a window needs at least 2 tokens")
-    stream = token_stream(tokenizer, texts, max_tokens)
+    stream = list(stream)
     windows = [stream[i : i + seq_len] for i in range(0, len(stream), seq_len)]
     windows = [w for w in windows if len(w) >= 2]
     if not windows:
@@ -111,7 +118,7 @@ def exact_match(
     every problem in training.
     """
     if not problems:
-        return {"exact_match": 0.0, "n": 0, "examples": []}
+        return {"exact_match": 0.0, "n": 0, "examples": [], "correct": []}
     device = _device(model)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -119,6 +126,7 @@ def exact_match(
     was_training = model.training
     model.eval()
     correct = 0
+    per_problem: list[int] = []
     examples: list[tuple[str, str, int]] = []
     try:
         for start in range(0, len(problems), batch_size):
@@ -144,12 +152,14 @@ def exact_match(
                 text = tokenizer.decode(row[:cut], skip_special_tokens=True)
                 # A newline can hide inside a merged token; the answer is the first line only.
                 text = text.split("\n", 1)[0]
-                correct += parse_answer(text) == p.answer
+                ok = parse_answer(text) == p.answer
+                correct += ok
+                per_problem.append(int(ok))
                 if len(examples) < 5:
                     examples.append((prompt, text, p.answer))
     finally:
         model.train(was_training)
-    return {"exact_match": correct / len(problems), "n": len(problems), "examples": examples}
+    return {"exact_match": correct / len(problems), "n": len(problems), "examples": examples, "correct": per_problem}
 
 
 def evaluate_model(
@@ -171,10 +181,23 @@ def evaluate_model(
     return {"ppl": ppl, "exact_match": em["exact_match"], "n_problems": em["n"], "examples": em["examples"]}
 
 
+def split_heldout(corpus: Corpus, val_problems: int) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
+    """(test, validation) problems: the last ``val_problems`` held-out problems are validation."""
+    probs = list(corpus.heldout_problems)
+    n_val = min(val_problems, len(probs) // 2) if probs else 0
+    return probs[: len(probs) - n_val], probs[len(probs) - n_val :]
+
+
 def evaluate_checkpoint(model_dir: Path | str, corpus_dir: Path | str, *, device: str = "cpu", seq_len: int,
-                        max_ppl_tokens: int = PPL_TOKENS, n_problems: int = EM_PROBLEMS) -> dict[str, Any]:
-    """One variant's row of the comparison: :func:`evaluate_model` on the checkpoint folder
-    ``model_dir`` plus its expert-weight counts (what measured sparsity is computed from)."""
+                        max_ppl_tokens: int = PPL_TOKENS, n_problems: int | None = EM_PROBLEMS, val_problems: int = 0,
+                        val_ppl_tokens: int = 0, validation: bool = False) -> dict[str, Any]:
+    """One variant's row of the comparison on the *test* split: perplexity of the first
+    ``max_ppl_tokens`` held-out tokens and exact match of the held-out problems minus the last
+    ``val_problems`` (capped at ``n_problems``; None = all), with each problem's 0/1 outcome (for
+    paired intervals), the expert-weight counts (measured sparsity) and the remaining weights'
+    kurtosis. ``validation=True`` adds the validation split's numbers (``val_ppl`` on the
+    ``val_ppl_tokens`` held-out tokens after the test ones, ``val_exact_match`` on the last
+    ``val_problems`` problems), which choose the exported checkpoint and nothing else."""
     import time
 
     from tasks.common.devices import compute_dtype, pick_device
@@ -182,18 +205,32 @@ def evaluate_checkpoint(model_dir: Path | str, corpus_dir: Path | str, *, device
     from .accounting import expert_weight_counts
     from .checkpoint import load_checkpoint
     from .corpus import load_corpus
+    from .kurtosis import expert_weight_kurtosis
 
     t0 = time.perf_counter()
     dev = pick_device(device)
     model, tok = load_checkpoint(model_dir, device=dev, dtype=compute_dtype(dev))
-    res = evaluate_model(model, tok, load_corpus(corpus_dir), seq_len=seq_len, max_ppl_tokens=max_ppl_tokens,
-                         n_problems=n_problems)
+    corpus = load_corpus(corpus_dir)
+    test, val = split_heldout(corpus, val_problems)
+    if n_problems is not None:
+        test = test[:n_problems]
+    stream = token_stream(tok, corpus.heldout_text, max_ppl_tokens + (val_ppl_tokens if validation else 0))
+    ppl = stream_perplexity(model, stream[:max_ppl_tokens], seq_len=seq_len)
+    em = exact_match(model, tok, test)
     counts = expert_weight_counts(model)
-    return {
-        "ppl": float(res["ppl"]), "exact_match": float(res["exact_match"]),
+    row: dict[str, Any] = {
+        # no problem set (a user's eval_data alone): exact match is not scored, not 0
+        "ppl": float(ppl), "exact_match": float(em["exact_match"]) if em["n"] else None, "n_problems": em["n"],
+        "correct": em["correct"],
         "expert_weights_total": sum(c["total"] for c in counts),
         "expert_weights_nonzero": sum(c["nonzero"] for c in counts),
         "experts_per_layer": [c["experts"] for c in counts],
-        "eval_seconds": time.perf_counter() - t0,
-        "examples": res.get("examples", [])[:3],
+        **expert_weight_kurtosis(model),
+        "examples": em.get("examples", [])[:3],
     }
+    if validation:
+        val_stream = stream[max_ppl_tokens:]
+        row["val_ppl"] = float(stream_perplexity(model, val_stream, seq_len=seq_len)) if len(val_stream) >= 2 else None
+        row["val_exact_match"] = float(exact_match(model, tok, val)["exact_match"]) if val else None
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row

@@ -30,7 +30,8 @@ class ExpertPruningSettings:
     """The knobs of the expert-level methods (the fields of ``StunConfig`` they read)."""
 
     lambda1: float = 1.0  # λ1: weight of the router-row distance
-    lambda2: float = 1.0  # λ2: weight of the co-activation count a_ij
+    lambda2: float = 0.0  # λ2: weight of the co-activation term a_ij
+    coactivation: str = "raw"  # a_ij: raw counts or normalised (lift)
     reconstruction: str = "none"
     kappa: int = 3  # κ of selective reconstruction
     naee_max_combinations: int = 200_000
@@ -38,8 +39,8 @@ class ExpertPruningSettings:
 
     @classmethod
     def of(cls, cfg: Any) -> "ExpertPruningSettings":
-        return cls(lambda1=cfg.lambda1, lambda2=cfg.lambda2, reconstruction=cfg.reconstruction, kappa=cfg.kappa,
-                   naee_max_combinations=cfg.naee_max_combinations)
+        return cls(lambda1=cfg.lambda1, lambda2=cfg.lambda2, coactivation=cfg.coactivation,
+                   reconstruction=cfg.reconstruction, kappa=cfg.kappa, naee_max_combinations=cfg.naee_max_combinations)
 
 
 #: a pruner: (model, keep, budget, profile, calibration ids [N, T], settings) → record; prunes in place
@@ -69,7 +70,7 @@ def _stun(model: nn.Module, keep: int, budget: str, profile: RouterProfile, ids:
     n_layers = len(adapter_for(model).moe_blocks(model))
     budget_kw = {"keep_per_layer": keep} if budget == "uniform" else {"expert_budget": keep * n_layers}
     plan = plan_expert_pruning(model, **budget_kw, profile=profile, lambda1=s.lambda1, lambda2=s.lambda2,
-                               reconstruction=s.reconstruction, kappa=s.kappa, merge_max_clusters=s.kappa)
+                               coactivation=s.coactivation, reconstruction=s.reconstruction, kappa=s.kappa, merge_max_clusters=s.kappa)
     apply_plan(model, plan)
     return {"plan": plan_to_json(plan), "forward_passes": profile.forward_passes}
 

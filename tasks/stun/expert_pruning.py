@@ -50,6 +50,27 @@ def _check_lambdas(lambda1: float, lambda2: float) -> None:
                          "(router distance) and/or lambda2 > 0 (co-activation)")
 
 
+COACTIVATIONS = ("raw", "normalised")
+
+
+def normalised_coactivation(coact: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
+    """Lift of co-selection: A_ij = C_ij · N / (f_i · f_j), N = Σ f (float64, [E, E]).
+
+    Raw counts C_ij grow with how busy experts i and j are, so the "most co-activated" pair is the
+    busiest pair. Dividing by the product of the usages f_i, f_j (tokens routed to each) measures
+    how much more often the two are chosen together than independent choices would give: scaling
+    one expert's traffic by c scales row i of C and f_i alike, and A does not move. An unused
+    expert (f = 0) co-activates with nothing (A = 0).
+    """
+    c = coact.detach().to(torch.float64).cpu()
+    f = usage.detach().to(torch.float64).cpu().reshape(-1)
+    if tuple(c.shape) != (f.numel(), f.numel()):
+        raise ValueError(f"usage: {f.numel()} experts do not match co-activation shape {tuple(c.shape)}")
+    denom = torch.outer(f, f)
+    out = torch.where(denom > 0, c * f.sum() / denom.clamp_min(1e-300), torch.zeros_like(c))
+    return out
+
+
 def expert_similarity(
     router_w: torch.Tensor,  # W [E, H]
     coact: torch.Tensor | None = None,  # C [E, E] co-activation counts (a_ij), or None
@@ -58,6 +79,8 @@ def expert_similarity(
     lambda2: float = 0.0,
     divide_by_norm: bool = False,
     divide_mean: bool = True,
+    usage: torch.Tensor | None = None,  # f [E]: tokens routed to each expert (for "normalised")
+    coactivation: str = "raw",
 ) -> torch.Tensor:  # D [E, E] float64, diagonal +inf
     """Expert distance D = −b, b_ij = −λ1·‖W_i − W_j‖ + λ2·a_ij (smaller = more alike).
 
@@ -70,6 +93,9 @@ def expert_similarity(
       there) → ``lambda1=1, lambda2=m, divide_by_norm=False``;
     * co-activation alone with ``--divide_mean``: ``lambda1=0, lambda2=1``; without it (raw −C):
       additionally ``divide_mean=False``.
+
+    ``coactivation="normalised"`` (not in the release) replaces C by its lift
+    :func:`normalised_coactivation`, which needs ``usage``.
 
     Distances are computed in float64 (the release uses float32), so near-ties may break
     differently from the release on real checkpoints.
@@ -88,6 +114,12 @@ def expert_similarity(
             raise ValueError("coact: lambda2 > 0 needs the co-activation counts of a RouterProfile (profile)")
         if tuple(coact.shape) != (n, n):
             raise ValueError(f"coact: shape {tuple(coact.shape)} does not match {n} experts")
+        if coactivation not in COACTIVATIONS:
+            raise ValueError(f"coactivation must be one of {COACTIVATIONS}, got {coactivation!r}")
+        if coactivation == "normalised":
+            if usage is None:
+                raise ValueError("usage: coactivation='normalised' needs each expert's usage (profile frequency)")
+            coact = normalised_coactivation(coact, usage)
         neg = -coact.detach().to(torch.float64).cpu()  # −a_ij
         if divide_mean:
             scale = neg.mean().abs()
@@ -553,6 +585,7 @@ def layer_distances(
     lambda2: float = 0.0,
     divide_by_norm: bool = False,
     divide_mean: bool = True,
+    coactivation: str = "raw",
 ) -> list[torch.Tensor]:
     """D [E_l, E_l] of every MoE layer of ``model`` (router rows from the model, C from ``profile``)."""
     _check_lambdas(lambda1, lambda2)
@@ -566,7 +599,8 @@ def layer_distances(
             raise ValueError(f"profile: experts per layer {profile.experts_per_layer} do not match the model's {ne}")
     return [
         expert_similarity(ad.router_weight(b), profile.coactivation[i] if lambda2 > 0 else None,
-                          lambda1=lambda1, lambda2=lambda2, divide_by_norm=divide_by_norm, divide_mean=divide_mean)
+                          lambda1=lambda1, lambda2=lambda2, divide_by_norm=divide_by_norm, divide_mean=divide_mean,
+                          usage=profile.frequency[i] if lambda2 > 0 else None, coactivation=coactivation)
         for i, b in enumerate(blocks)
     ]
 
@@ -592,6 +626,7 @@ def plan_expert_pruning(
     lambda2: float = 0.0,  # λ2: weight of the co-activation term
     divide_by_norm: bool = False,
     divide_mean: bool = True,
+    coactivation: str = "raw",  # a_ij: "raw" counts or "normalised" (lift)
     reconstruction: str = "none",
     kappa: int = 3,  # κ of selective reconstruction ("small_clusters")
     merge_max_clusters: int = 0,  # released rule ("max_clusters")
@@ -638,9 +673,10 @@ def plan_expert_pruning(
             raise ValueError(f"keep_per_layer={keep_per_layer} removes more than max_removed_per_layer={max_removed_per_layer}")
 
     ds = layer_distances(model, profile, lambda1=lambda1, lambda2=lambda2, divide_by_norm=divide_by_norm,
-                         divide_mean=divide_mean)
+                         divide_mean=divide_mean, coactivation=coactivation)
     meta: dict[str, Any] = {
         "lambda1": lambda1, "lambda2": lambda2, "divide_by_norm": divide_by_norm, "divide_mean": divide_mean,
+        "coactivation": coactivation,
         "reconstruction": reconstruction, "kappa": kappa, "merge_max_clusters": merge_max_clusters,
         "acceptance": acceptance, "top_k": top_k,
     }

@@ -12,6 +12,7 @@ propagation (no pruning), then the pruning pass runs with the chosen per-layer s
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -38,9 +39,12 @@ from .unstructured import (
     check_nm,
     check_sparsity,
     count_zeros,
+    magnitude_scores,
+    make_mask,
     owl_from_lod,
     prunable_tensors,
     prune_block_experts,
+    wanda_scores,
 )
 
 LAYER_PREFIX = "model.layers."
@@ -197,11 +201,79 @@ def _prepare_config(config: Any, attn_implementation: str, device: torch.device)
     return config
 
 
-def is_prunable_disk_key(ad: MoEAdapter, rel_key: str) -> bool:
+SCOPES = ("experts", "layer")
+#: in-layer names of the linear weights the "layer" scope adds (attention projections, router)
+OTHER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate")
+
+
+def is_prunable_disk_key(ad: MoEAdapter, rel_key: str, scope: str = "experts") -> bool:
     """Is a layer-relative on-disk key (``model.layers.{i}.`` stripped) in the prunable set?"""
     blk = ad.disk_block
-    return rel_key.startswith(f"{blk}.experts.") or (
-        rel_key.startswith(f"{blk}.shared_expert.") and rel_key.endswith(".weight"))
+    if rel_key.startswith(f"{blk}.experts.") or (
+            rel_key.startswith(f"{blk}.shared_expert.") and rel_key.endswith(".weight")):
+        return True
+    if scope == "layer":
+        return any(rel_key == f"{n.replace('mlp.', blk + '.', 1)}.weight" for n in OTHER_LINEARS)
+    return False
+
+
+def other_linears(layer: nn.Module) -> dict[str, nn.Module]:
+    """name → module of the layer's non-expert linear weights that exist (``OTHER_LINEARS``)."""
+    out = {}
+    for name in OTHER_LINEARS:
+        mod = layer
+        for part in name.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if mod is not None and isinstance(getattr(mod, "weight", None), Tensor) and mod.weight.dim() == 2:
+            out[name] = mod
+    return out
+
+
+class LinearInputStats:
+    """Σ x_j² of each listed module's input over the calibration tokens (Wanda's ‖X_j‖²)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.sq = {n: torch.zeros(m.weight.shape[1], device=m.weight.device) for n, m in modules.items()}
+
+    @contextlib.contextmanager
+    def hooked(self) -> Any:
+        def hook_for(name: str) -> Callable:
+            def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+                x = args[0] if args else next(iter(kwargs.values()))
+                self.sq[name] += x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
+            return hook
+
+        handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in self.modules.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def numel(self) -> int:
+        return sum(m.weight.numel() for m in self.modules.values())
+
+    def _weight(self, name: str, mem: dict[str, Tensor] | None) -> Tensor:
+        return mem[f"{name}.weight"] if mem is not None else self.modules[name].weight
+
+    def scores(self, mem: dict[str, Tensor] | None = None, method: str = "wanda") -> list[Tensor]:
+        return [wanda_scores(self._weight(n, mem).float(), self.sq[n].to(self._weight(n, mem).device))
+                if method == "wanda" else magnitude_scores(self._weight(n, mem)) for n in self.modules]
+
+    @torch.no_grad()
+    def prune(self, sparsity: float, method: str, nm: tuple[int, int] | None, mem: dict[str, Tensor] | None) -> None:
+        """Zero each weight's lowest-scoring entries per output row (and in ``mem``'s copy)."""
+        for n, mod in self.modules.items():
+            src = self._weight(n, mem)
+            scores = (wanda_scores(src.float(), self.sq[n].to(src.device)) if method == "wanda"
+                      else magnitude_scores(src))
+            keep = make_mask(scores, sparsity, nm)
+            mod.weight.masked_fill_(~keep.to(mod.weight.device), 0)
+            if mem is not None:
+                src.masked_fill_(~keep.to(src.device), 0)
 
 
 class _LayerLoader:
@@ -380,7 +452,7 @@ def _zeros_of(tensors: dict[str, Tensor], keys: list[str]) -> tuple[int, int]:
 
 @torch.no_grad()
 def _owl_lods(loader: _LayerLoader, calib: _Calibration, M: float,
-              tick: Callable[[], None]) -> tuple[list[float], list[int]]:
+              tick: Callable[[], None], scope: str = "experts") -> tuple[list[float], list[int]]:
     """OWL pass 1: every layer's outlier ratio from Wanda scores, with dense propagation."""
     lods, sizes = [], []
     for i in range(loader.n_layers):
@@ -388,12 +460,15 @@ def _owl_lods(loader: _LayerLoader, calib: _Calibration, M: float,
         block = layer.mlp
         if hasattr(block, "experts"):
             stats = ExpertInputStats.for_block(block, device=loader.device)
-            with stats.hooked(block):
+            lin = LinearInputStats(other_linears(layer)) if scope == "layer" else None
+            with stats.hooked(block), (lin.hooked() if lin else contextlib.nullcontext()):
                 calib.run(layer, i, write_back=True)  # dense outputs feed layer i+1
             mirrors = None if shared else {n: mem["mlp." + n] for n in prunable_tensors(block)}
-            lods.append(block_outlier_ratio(block, stats, M, mirrors=mirrors))
-            sizes.append(sum(t.numel() for t in prunable_tensors(block).values()))
-            del stats
+            extra = lin.scores(mem if not shared else None) if lin else []
+            lods.append(block_outlier_ratio(block, stats, M, mirrors=mirrors, extra_scores=extra))
+            sizes.append(sum(t.numel() for t in prunable_tensors(block).values())
+                         + (lin.numel() if lin else 0))
+            del stats, lin
         else:  # a dense MLP layer (Qwen2-MoE ``mlp_only_layers``): nothing prunable
             calib.run(layer, i, write_back=True)
             lods.append(0.0)
@@ -430,8 +505,14 @@ def prune_checkpoint_streaming(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     attn_implementation: str = "sdpa",
+    scope: str = "experts",
 ) -> dict[str, Any]:
     """Prune the MoE expert weights of the checkpoint folder ``src`` into ``dst``, layer by layer.
+
+    ``scope="layer"`` prunes, besides the experts, every other linear weight of each decoder
+    layer (attention projections, the router) with the same method and layer sparsity, per
+    output row, its Wanda norms from the same calibration inputs — the released Wanda/OWL scope
+    (``find_layers`` over a whole decoder layer); OWL's outlier ratio then counts them too.
 
     calib_ids [N, T]: calibration token ids (unused, may be None, for ``magnitude``). ``method``
     is a name in ``PRUNING_METHODS`` (wanda, owl, magnitude); ``sparsity`` the fraction of expert
@@ -447,6 +528,8 @@ def prune_checkpoint_streaming(
     """
     t0 = time.perf_counter()
     sparsity = check_sparsity(sparsity)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     spec = PRUNING_METHODS.get(method)
     nm = check_nm(nm, sparsity if nm is not None else None)
     if nm is not None and spec.layerwise:
@@ -504,7 +587,7 @@ def prune_checkpoint_streaming(
         lods: list[float] | None = None
         asked = [sparsity] * L
         if spec.layerwise:
-            lods, sizes = _owl_lods(loader, calib, owl_M, tick)
+            lods, sizes = _owl_lods(loader, calib, owl_M, tick, scope)
             evaluations += L
             asked = owl_from_lod(lods, sparsity, lam=owl_lambda, sizes=sizes)
             calib.acts = torch.empty(0)  # drop layer-L outputs before re-embedding
@@ -518,20 +601,23 @@ def prune_checkpoint_streaming(
             prefix = f"{LAYER_PREFIX}{i}."
             if hasattr(block, "experts"):
                 stats = None
+                lin = LinearInputStats(other_linears(layer)) if scope == "layer" else None
                 if spec.needs_calibration:
                     stats = ExpertInputStats.for_block(block, device=dev)
-                    with stats.hooked(block):
+                    with stats.hooked(block), (lin.hooked() if lin else contextlib.nullcontext()):
                         calib.run(layer, i, write_back=False)
                     evaluations += 1
                 mirrors = None if shared else {n: mem["mlp." + n] for n in prunable_tensors(block)}
                 prune_block_experts(block, stats, asked[i], spec.score, nm, mirrors=mirrors)
-                del stats, mirrors
+                if lin is not None:
+                    lin.prune(asked[i], spec.score, nm, None if shared else mem)
+                del stats, mirrors, lin
             if calib is not None and i < L - 1:
                 calib.run(layer, i, write_back=True)  # pruned outputs feed layer i+1
                 evaluations += 1
             del layer, block
             disk = ad.memory_to_disk(mem)  # views into ``mem``
-            prunable = [k for k in disk if is_prunable_disk_key(ad, k)]
+            prunable = [k for k in disk if is_prunable_disk_key(ad, k, scope)]
             z, n = _zeros_of(disk, prunable)
             specs = {prefix + k: (v.dtype, tuple(v.shape)) for k, v in disk.items()}
             total_size += _write_safetensors(tmp / fname(i + 2), specs, lambda k: disk[k[len(prefix):]])

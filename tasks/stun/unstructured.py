@@ -352,7 +352,7 @@ def iter_prunable(block: nn.Module) -> Iterator[tuple[str, int | None, Tensor]]:
 
 @torch.no_grad()
 def block_outlier_ratio(block: nn.Module, stats: ExpertInputStats, M: float = 5.0, *,
-                        mirrors: dict[str, Tensor] | None = None) -> float:
+                        mirrors: dict[str, Tensor] | None = None, extra_scores: Sequence[Tensor] = ()) -> float:
     """OWL's LOD over a block's prunable Wanda scores, one expert at a time.
 
     Experts that received no token are left out: their Wanda scores are all 0 and carry no
@@ -371,6 +371,8 @@ def block_outlier_ratio(block: nn.Module, stats: ExpertInputStats, M: float = 5.
             if src is not None:
                 W = src[e] if e is not None else src
             add(stats.expert_scores(name, e, W, "wanda"))
+        for sc in extra_scores:  # the "layer" scope's attention / router weights
+            add(sc)
     return counter.lod
 
 
