@@ -376,7 +376,8 @@ def plot_curves(table: list[dict[str, Any]], path: Path) -> None:
 
 def model_card(cfg: Any, best: dict[str, Any], candidates: list[dict[str, Any]]) -> str:
     """README.md of the exported checkpoint: source, method, sparsity, measured metrics."""
-    dense_total = best["expert_weights_total"]
+    # the row's total counts the *remaining* experts; the dense model had 1/(1 − x) times as many
+    dense_total = best["expert_weights_total"] / max(1e-12, 1.0 - float(best.get("x", 0.0)))
     sparsity = 1.0 - best["expert_weights_nonzero"] / dense_total if dense_total else float("nan")
     source = "the embedded zoo MoE (Shakespeare + arithmetic word problems, trained by paperline, seed " \
              f"{best.get('seed', 0)})" if cfg.model == "zoo" else f"`{cfg.model}`"

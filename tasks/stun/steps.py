@@ -233,7 +233,7 @@ def report(cfg: StunConfig, eval_files: list[Path], model_dirs: list[Path]) -> P
 
     out = step_dir(FLOW, "report")
     zoo_files = [Path(d) / "zoo_metrics.json" for d in model_dirs if (Path(d) / "zoo_metrics.json").is_file()]
-    with cached_step(out, cache_key(step="report", config={}, inputs=[*eval_files, *zoo_files])) as tmp:
+    with cached_step(out, cache_key(step="report", config=cfg, inputs=[*eval_files, *zoo_files])) as tmp:
         if tmp is not None:
             write_report([read_json(p) for p in eval_files], tmp, cfg, zoo=[read_json(p) for p in zoo_files])
             if (out / ".gitignore").is_file():  # DVC's, tracked by git: the new folder keeps it
@@ -253,7 +253,7 @@ def export_checkpoint(cfg: StunConfig, candidates: list[Path], model_dirs: dict[
     best = pick_export(rows)
     src = model_dirs[best["name"]]
     out = step_dir(FLOW, "pruned")
-    with cached_step(out, cache_key(step="export", config={"model": cfg.model}, inputs=[src, *candidates])) as tmp:
+    with cached_step(out, cache_key(step="export", config=cfg, inputs=[src, *candidates])) as tmp:
         if tmp is not None:
             copy_checkpoint(src, tmp)
             (tmp / "README.md").write_text(model_card(cfg, best, rows))
