@@ -26,13 +26,16 @@ def test_dvc_views_are_headline_metrics_and_one_curve_per_default_method():
     from tasks.common.artifacts import PROJECT_ROOT
     from tasks.common.config import load_config
     from tasks.stun.config import StunConfig
+    from tasks.stun.report import curve_file
     from tasks.stun.sweep import sweep_variants
 
     doc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
     for stage in doc["stages"].values():
         metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
         assert metrics and all(m.endswith("headline.json") for m in metrics)
-    methods = {v.method for v in sweep_variants(load_config("stun", StunConfig), n_experts=8, top_k=2)} - {"dense"}
+    variants = sweep_variants(load_config("stun", StunConfig), n_experts=8, top_k=2)
+    methods = {curve_file(v.meta()).removesuffix(".csv") for v in variants
+               if v.study == "sweep" and v.method != "dense"}
     for plot in doc["plots"]:
         (pid, spec), = plot.items()
         assert {f.rsplit("/", 1)[1].removesuffix(".csv") for f in spec["y"]} == methods, pid
