@@ -112,8 +112,10 @@ def evaluate(cfg: ErankGSConfig, scene_dir: Path, train_dir: Path, variant: str,
     from .gaussians import load_ply
     from .recipe import BACKGROUND, scene_frame
     from .report import contact_sheet
+    from tasks.common.video import write_mp4
+
     from .scene_io import load_split, mesh_path
-    from .video import turntable_frames, write_mp4
+    from .video import turntable_frames
 
     renderer, resolution, device = _setup(cfg, use_gpu)
     out = step_dir(FLOW, "eval") / run_name(variant, seed)

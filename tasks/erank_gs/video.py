@@ -5,7 +5,6 @@ Frames are rendered from cameras circling the scene at the training views' mean 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,21 +30,3 @@ def turntable_frames(model: GaussianModel, like: Camera, radius: float, center: 
             frame = torch.cat([out.rgb.clamp(0, 1), nrm_rgb.clamp(0, 1)], 1)
             frames.append((frame.cpu().numpy() * 255).round().astype(np.uint8))
     return frames
-
-
-def write_mp4(frames: list[np.ndarray], path: Path | str, fps: int = 12) -> Path:
-    import av
-
-    h, w = frames[0].shape[:2]
-    h2, w2 = h + h % 2, w + w % 2  # yuv420p needs even sides
-    with av.open(str(path), "w", format="mp4") as box:
-        stream = box.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
-        stream.options = {"crf": "18"}
-        for f in frames:
-            f = np.pad(f, ((0, h2 - h), (0, w2 - w), (0, 0)), mode="edge")
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                box.mux(pkt)
-        for pkt in stream.encode():
-            box.mux(pkt)
-    return Path(path)

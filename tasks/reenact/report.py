@@ -297,23 +297,14 @@ def strip(rows: dict[str, torch.Tensor], path: Path, size: int | None = None) ->
 
 def video(frames: list[torch.Tensor], path: Path, fps: int) -> Path:
     """Frames side by side ([N, 3, H, W] each, same N) → H.264 MP4 through PyAV."""
-    import av
+    from tasks.common.video import write_mp4
 
     size = max(f.shape[-1] for f in frames)
     size += size % 2
     row = torch.cat([_resize(f.float(), size) for f in frames], -1)
     arr = _to_uint8(row)
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
-            stream = out.add_stream("libx264", rate=fps)
-            stream.width, stream.height = arr.shape[2], arr.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18"}
-            for im in arr:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(im), format="rgb24")):
-                    out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
+        write_mp4(arr, tmp, fps)
     return path
 
 

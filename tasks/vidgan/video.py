@@ -131,20 +131,9 @@ def decode_standard(data: bytes, codec: str, expect: int | None = None) -> np.nd
 
 def write_playable(frames: np.ndarray, fps: Fraction, path: Path | str) -> Path:
     """An H.264 MP4 (yuv420p, CRF 12: visually lossless) that any standard player opens."""
-    import av
+    from tasks.common.video import write_mp4
 
-    path = Path(path)
-    t, h, w, _ = frames.shape
-    with av.open(str(path), mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "12", "preset": "fast", "threads": "1"}
-        for f in frames:
-            for p in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                out.mux(p)
-        for p in stream.encode():
-            out.mux(p)
-    return path
+    return write_mp4(frames, path, fps, crf=12, options={"preset": "fast", "threads": "1"})
 
 
 def read_all(path: Path | str) -> np.ndarray:
