@@ -186,7 +186,7 @@ def pareto_png(rows: list[dict[str, Any]], path: Path, target_us: float | None, 
     """Accuracy vs simulated latency: every trained net (one dot per seed) and each method's mean ± std."""
     from tasks.common.plotting import png_figure
 
-    with png_figure(path) as (fig, ax):
+    with png_figure(path, size=(8.5, 4)) as (fig, ax):
         for i, (m, rs) in enumerate(per_method(rows).items()):
             color = f"C{i % 10}"
             x = [r["sim_latency_us"] for r in rs]
@@ -200,4 +200,5 @@ def pareto_png(rows: list[dict[str, Any]], path: Path, target_us: float | None, 
         ax.set_xlabel("simulated NPU latency (µs, SCALE-Sim)")
         ax.set_ylabel("Fashion-MNIST test accuracy (10,000 images)")
         ax.set_title("Arms at equal simulated latency: seeds (dots) and mean ± std")
-        ax.legend(fontsize=7, loc="lower left")
+        # beside the axes, not on them: the arms cluster at T, where an inside legend hid them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

@@ -430,22 +430,32 @@ def uniform_budget(
 # ============================================================================ 4. representatives
 
 
+#: relative tolerance under which two centroid distances count as a tie (see :func:`representative`)
+TIE_RTOL = 1e-9
+
+
 def representative(members: Sequence[int], expert_vectors: torch.Tensor) -> int:
     """The member whose flattened weights are closest (L2) to the cluster centroid (first on ties).
 
     ``expert_vectors`` [E, D] holds every expert of the layer as one row (adapter ``expert_vectors``).
+
+    Ours (the release is silent): distances are taken in float64 and any within ``TIE_RTOL`` of
+    the smallest count as tied, so ties really go to the first member. This matters for every
+    two-member cluster — the commonest kind when a few of 8 experts are removed — whose members
+    are *exactly* equidistant from their mean: in float32 the rounding of the two norms decided
+    which expert survived (about one pair in ten went to the second member on random weights),
+    a choice that could change with the CPU's vector kernels.
     """
     if len(members) == 0:
         raise ValueError("members: empty cluster")
     if len(members) == 1:
         return int(members[0])
     idx = torch.as_tensor(list(members), dtype=torch.long)
-    vecs = expert_vectors[idx]
-    if vecs.dtype not in (torch.float32, torch.float64):
-        vecs = vecs.float()
+    vecs = expert_vectors[idx].detach().to(torch.float64)
     centroid = vecs.mean(0)  # centroid of the cluster
     dist = torch.linalg.vector_norm(vecs - centroid, dim=1)
-    return int(members[int(torch.argmin(dist))])
+    tied = dist <= dist.min() * (1.0 + TIE_RTOL)
+    return int(members[int(torch.nonzero(tied)[0])])
 
 
 # ============================================================================ 5. plan
