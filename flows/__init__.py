@@ -49,6 +49,14 @@ FLOWS: dict[str, FlowSpec] = {
         "vidgan", "flows.vidgan", "vidgan", "tasks.vidgan.config:VidganConfig",
         "Soft-edge video codec: H.264 key frames + losslessly coded edge maps + per-video pix2pix GAN, RD vs x264/x265",
     ),
+    "pixelhuman": FlowSpec(
+        "pixelhuman", "flows.pixelhuman", "pixelhuman", "tasks.pixelhuman.config:PixelHumanConfig",
+        "PixelHuman: animatable humans from 1-5 images (skinning + pixel-aligned features) on anny bodies vs 2 baselines",
+    ),
+    "faceswap": FlowSpec(
+        "faceswap", "flows.faceswap", "faceswap", "tasks.faceswap.config:FaceswapConfig",
+        "SAMAE self-reconstruction face swapping vs SimSwap-like and warp-and-blend, scored against rendered true swaps",
+    ),
 }
 
 

@@ -222,7 +222,7 @@ def test_the_unet_keeps_frame_size_for_sizes_not_divisible_by_its_depth():
 
 
 @pytest.mark.parametrize("override, field", [
-    ("width=95", "width must be even"), ("key_crfs=[60]", "key_crfs"), ("edges.levels=9", "edges.levels"),
+    ("width=95", "vidgan.width: must be even"), ("key_crfs=[60]", "key_crfs"), ("edges.levels=9", "edges.levels"),
     ("key_codec=av1", "key_codec"), ("videos=[a, a]", "videos"), ("gan.steps=1.5", "gan.steps"),
 ])
 def test_bad_config_values_fail_naming_the_field(override, field):

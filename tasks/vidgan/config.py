@@ -145,9 +145,9 @@ class VidganConfig(FlowConfig):
     @model_validator(mode="after")
     def _sizes(self) -> "VidganConfig":
         if self.width % 2:
-            raise ValueError("width must be even (4:2:0 chroma)")
+            raise ValueError(f"width: must be even (4:2:0 chroma), got {self.width}")
         if self.width // self.edges.downsample < 8:
-            raise ValueError(f"width {self.width} / edges.downsample {self.edges.downsample} leaves an edge map under 8 px")
+            raise ValueError(f"width: {self.width} / edges.downsample {self.edges.downsample} leaves an edge map under 8 px")
         return self
 
     def video_list(self) -> list[str]:
