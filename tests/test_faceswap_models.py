@@ -203,3 +203,18 @@ def test_registry_builds_ablations_with_their_switches():
     assert methods.get("samae").build({"band": 5}).opts.band == 5
     with pytest.raises(KeyError, match="unknown swap method"):
         methods.get("nope")
+
+
+def test_a_methods_own_code_is_part_of_its_train_and_evaluate_keys():
+    """The registry imports methods by name, out of the steps' import closure: without this an
+    edited samae.py or robustswap/ would reuse a stale train/<method>/ folder."""
+    import inspect
+
+    from tasks.common.codehash import code_fingerprint
+    from tasks.faceswap import methods, steps
+
+    prints = {n: methods.get(n).code() for n in ("samae", "simswap", "robustswap", "warp_blend")}
+    assert len(set(prints.values())) == 4
+    assert prints["robustswap"] == code_fingerprint(methods.get("robustswap").cls().train)
+    for fn in (steps.train, steps.evaluate):
+        assert ".code()" in inspect.getsource(fn), fn.__name__

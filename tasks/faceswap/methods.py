@@ -74,6 +74,14 @@ class MethodSpec:
         module, name = self.target.split(":")
         return getattr(importlib.import_module(module), name)
 
+    def code(self) -> str:
+        """Fingerprint of the method's own code (its module and every project module it imports).
+        The registry loads the class by name, so the train/evaluate steps' own import closure
+        cannot see it: their cache keys must carry this, or an edited method reuses stale output."""
+        from tasks.common.codehash import code_fingerprint
+
+        return code_fingerprint(self.cls().train)
+
     def options_model(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """The method's validated options: class defaults < this spec's fixed options < overrides."""
         return self.cls().Options(**{**self.options, **(overrides or {})})

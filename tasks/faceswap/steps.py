@@ -130,7 +130,7 @@ def train(cfg: FaceswapConfig, faces_dir: Path, tools_dir: Path, method: str, *,
     spec = registry.get(method)
     opts = cfg.method_options.get(method, {})
     out = step_dir(FLOW, "train") / method
-    conf = {"method": method, "target": spec.target, "options": spec.options_model(opts).model_dump(),
+    conf = {"method": method, "target": spec.target, "code": spec.code(), "options": spec.options_model(opts).model_dump(),
             "budget": cfg.budget.model_dump(), "seed": cfg.seed, "training": cfg.training.model_dump()}
     key = cache_key(step="train", config=conf, inputs=[faces_dir, tools_dir])
     with cached_step(out, key) as tmp:
@@ -156,7 +156,8 @@ def evaluate(cfg: FaceswapConfig, faces_dir: Path, tools_dir: Path, train_dir: P
     from .tools import load_tools
 
     out = step_dir(FLOW, "eval") / method
-    key = cache_key(step="evaluate", config={"evaluation": cfg.evaluation.model_dump(), "resolution": cfg.budget.resolution},
+    key = cache_key(step="evaluate", config={"evaluation": cfg.evaluation.model_dump(), "resolution": cfg.budget.resolution,
+                                             "code": registry.get(method).code()},
                     inputs=[faces_dir, tools_dir, train_dir])
     with cached_step(out, key) as tmp:
         if tmp is not None:
