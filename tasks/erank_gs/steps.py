@@ -41,7 +41,7 @@ def scene(cfg: ErankGSConfig, workers: int = 1, threads: int = 1) -> Path:
 
         load_split(cfg.scene, "train", 16)  # fail now, naming the file, if it is malformed
         return Path(cfg.scene)
-    from workers.scene_render import render_view_jobs
+    from workers.blender_jobs import run_blender_jobs
 
     from .scenes import render_jobs, write_scene_files
 
@@ -53,7 +53,7 @@ def scene(cfg: ErankGSConfig, workers: int = 1, threads: int = 1) -> Path:
     rs.claim()
     jobs = render_jobs(cfg.scene, cfg.scene_render, out)
     todo = {k: j for k, j in jobs.items() if not rs.done(k)}
-    stats = render_view_jobs(todo, out, workers=workers, threads=threads) if todo else {"jobs": {}}
+    stats = run_blender_jobs("tasks.erank_gs.blender_views:render_views", todo, out, workers=workers, threads=threads) if todo else {"jobs": {}}
     for name in todo:
         job = jobs[name]
         split = Path(job["out"]).name

@@ -1,7 +1,7 @@
 """Blender side of the face data: one identity's head, many frames, each with its own look.
 
 Runs inside a :class:`workers.blender.BlenderWorker` (through ``run_job``; see
-:mod:`workers.face_render`). A job is one head shape and a list of frames; the head (every hair
+:mod:`workers.blender_jobs`). A job is one head shape and a list of frames; the head (every hair
 style included) is built once, and each frame sets its expression, pose, skin / iris / hair
 colours, hair style, key light (direction and colour) and backdrop by changing node values and
 object transforms only — which is also why a ground-truth swap (source shape, target's frame)

@@ -80,7 +80,8 @@ class MethodSpec:
         cannot see it: their cache keys must carry this, or an edited method reuses stale output."""
         from tasks.common.codehash import code_fingerprint
 
-        return code_fingerprint(self.cls().train)
+        cls = self.cls()
+        return code_fingerprint(cls.train) + code_fingerprint(cls.swap)  # train may be inherited
 
     def options_model(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """The method's validated options: class defaults < this spec's fixed options < overrides."""

@@ -143,8 +143,11 @@ def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 
-class SAMAERecipe:
-    def __init__(self, run: MethodRun, faces: FaceSet, opts: SAMAEOptions):
+class SwapRecipe:
+    """What SAMAE and the target-oriented baseline share: frames, the same generator and
+    discriminator, Adam (β = 0.5, 0.999), the flow's tools. Subclasses define ``batch`` and the losses."""
+
+    def __init__(self, run: MethodRun, faces: FaceSet, opts):
         self.frames = Frames(faces, run.resolution)
         self.opts, self.run = opts, run
         self.steps, self.micro_batch = run.steps, run.batch
@@ -164,6 +167,8 @@ class SAMAERecipe:
     def optimizer(self, name, module):
         return torch.optim.Adam(module.parameters(), lr=self.run.lr, betas=(0.5, 0.999))
 
+
+class SAMAERecipe(SwapRecipe):
     def batch(self, step, rank, device):
         g = seeded_generator(self.run.seed, step, rank)
         r = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
@@ -217,17 +222,25 @@ def load_generator(out_dir: Path, width: int, in_ch: int = 4) -> SwapGenerator:
     return g.eval().requires_grad_(False)
 
 
-class SAMAE:
-    Options = SAMAEOptions
+class GeneratorMethod:
+    """A swap method that trains the shared generator with its own ``Recipe`` (SAMAE, SimSwap-like)."""
+
+    Options: type[ConfigSection]
+    Recipe: type[SwapRecipe]
     learned = True
 
-    def __init__(self, name: str, options: SAMAEOptions):
+    def __init__(self, name: str, options: ConfigSection):
         self.name, self.opts = name, options
 
     def train(self, run: MethodRun, faces: FaceSet, out_dir: Path) -> None:
-        train_generator(SAMAERecipe(run, faces, self.opts), run, out_dir)
+        train_generator(self.Recipe(run, faces, self.opts), run, out_dir)
         write_json(Path(out_dir) / "method.json", {"name": self.name, "width": run.width, "tools_dir": str(run.tools_dir),
                                                    **self.opts.model_dump()})
+
+
+class SAMAE(GeneratorMethod):
+    Options = SAMAEOptions
+    Recipe = SAMAERecipe
 
     @torch.no_grad()
     def swap(self, out_dir: Path, source: FaceBatch, target: FaceBatch, device: str) -> torch.Tensor:

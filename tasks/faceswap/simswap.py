@@ -22,15 +22,13 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tasks.common.artifacts import read_json, write_json
+from tasks.common.artifacts import read_json
 from tasks.common.config import ConfigSection
 from tasks.common.training import seeded_generator
 
-from .dataset import FaceBatch, FaceSet
-from .methods import MethodRun
-from .networks import PatchDiscriminator, SwapGenerator
-from .samae import Frames, dilate, hinge_d, load_generator, train_generator
-from .tools import ID_DIM, load_tools
+from .dataset import FaceBatch
+from .samae import GeneratorMethod, SwapRecipe, dilate, hinge_d, load_generator
+from .tools import load_tools
 
 
 class SimSwapOptions(ConfigSection):
@@ -46,27 +44,7 @@ class SimSwapOptions(ConfigSection):
     """Dilation of the target's mask when compositing, pixels."""
 
 
-class SimSwapRecipe:
-    def __init__(self, run: MethodRun, faces: FaceSet, opts: SimSwapOptions):
-        self.frames = Frames(faces, run.resolution)
-        self.opts, self.run = opts, run
-        self.steps, self.micro_batch = run.steps, run.batch
-        self._tools = None
-
-    @property
-    def tools(self):
-        if self._tools is None:
-            self._tools = load_tools(self.run.tools_dir)
-        return self._tools
-
-    def build(self):
-        torch.manual_seed(self.run.seed)
-        return {"generator": SwapGenerator(ID_DIM, self.run.width, in_ch=4),
-                "discriminator": PatchDiscriminator(self.run.width)}
-
-    def optimizer(self, name, module):
-        return torch.optim.Adam(module.parameters(), lr=self.run.lr, betas=(0.5, 0.999))
-
+class SimSwapRecipe(SwapRecipe):
     def batch(self, step, rank, device):
         g = seeded_generator(self.run.seed, step, rank)
         r = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
@@ -101,17 +79,9 @@ class SimSwapRecipe:
         return loss, {"d": float(loss)}
 
 
-class SimSwapLike:
+class SimSwapLike(GeneratorMethod):
     Options = SimSwapOptions
-    learned = True
-
-    def __init__(self, name: str, options: SimSwapOptions):
-        self.name, self.opts = name, options
-
-    def train(self, run: MethodRun, faces: FaceSet, out_dir: Path) -> None:
-        train_generator(SimSwapRecipe(run, faces, self.opts), run, out_dir)
-        write_json(Path(out_dir) / "method.json", {"name": self.name, "width": run.width, "tools_dir": str(run.tools_dir),
-                                                   **self.opts.model_dump()})
+    Recipe = SimSwapRecipe
 
     @torch.no_grad()
     def swap(self, out_dir: Path, source: FaceBatch, target: FaceBatch, device: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ FLOW = "faceswap"
 @step("faceswap.faces")
 def faces(cfg: FaceswapConfig, workers: int = 1, threads: int = 1) -> Path:
     """Render every planned frame and ground-truth swap on the Blender pool; pack the splits."""
-    from workers.face_render import render_face_jobs
+    from workers.blender_jobs import run_blender_jobs
 
     from .data import pack, plan, render_jobs
 
@@ -39,7 +39,7 @@ def faces(cfg: FaceswapConfig, workers: int = 1, threads: int = 1) -> Path:
     renders = out / "renders"
     jobs = render_jobs(p, cfg.data, renders)
     todo = {k: {**j, "threads": threads} for k, j in jobs.items() if not rs.done(k)}
-    stats = render_face_jobs(todo, renders, workers=workers, threads=threads) if todo else {"workers_replaced": 0}
+    stats = run_blender_jobs("tasks.faceswap.blender_faces:render_face_job", todo, renders, workers=workers, threads=threads) if todo else {"workers_replaced": 0}
     for name in todo:
         job = jobs[name]
         sub = Path(job["out"]).name

@@ -29,7 +29,7 @@ def device_for(use_gpu: bool) -> str:
 @step("pixelhuman.bodies")
 def bodies(cfg: PixelHumanConfig, workers: int = 1, threads: int = 1, num_gpus: float = 0) -> Path:
     """Pose every identity with anny (driver) and render its views with Cycles (Blender pool)."""
-    from workers.body_render import render_body_jobs
+    from workers.blender_jobs import run_blender_jobs
 
     from .bodies import plan, split_record, write_identity
     from .body import bone_labels, dense_weights, triangles
@@ -49,7 +49,7 @@ def bodies(cfg: PixelHumanConfig, workers: int = 1, threads: int = 1, num_gpus: 
             np.save(out / "faces.npy", triangles())
             write_json(out / "bones.json", bone_labels())
         jobs = {n: write_identity(out, n, ids[n], cfg) for n in todo}
-        stats = render_body_jobs(jobs, out, workers=workers, threads=threads, num_gpus=num_gpus)
+        stats = run_blender_jobs("tasks.pixelhuman.blender_body:render_body", jobs, out, workers=workers, threads=threads, num_gpus=num_gpus)
         for n in todo:
             e = ids[n]
             files = ([f"{n}/{r['file']}" for r in jobs[n]["renders"]] + [f"{n}/frames/{p}.npz" for p in e["poses"]]
