@@ -14,6 +14,7 @@ TOY = [
     "data.test_identities=4", "data.test_frames=2", "data.sequences=1", "data.sequence_length=3", "data.pairs=4",
     "budget.resolution=32", "budget.steps=6", "budget.batch=4", "budget.width=8",
     "tools.steps=30", "tools.batch=16", "tools.width=8", "tools.min_verification=0.5",
+    "tools.min_expression_r2=null",
     "methods=[samae,samae_noperf,simswap,warp_blend]", "evaluation.bootstrap=200", "evaluation.strip_pairs=2",
     "training.checkpoint_every=3",
 ]

@@ -182,9 +182,11 @@ def _swap_setup(implicit_3d: bool):
     face3d = Face3DNet(n_shape, 52, size=res, channels=8)
     id_net = nn.Sequential(nn.Flatten(), nn.Linear(3 * res * res, 16))
     frozen = {"encoder": enc.eval(), "face3d": face3d.eval(), "judge": face3d, "face_model": _LinearFace(n_shape),
-              "identity": lambda x: F.normalize(id_net(x), dim=1)}
+              "identity": lambda x, masks: F.normalize(id_net(x * masks), dim=1)}
     g = torch.Generator().manual_seed(2)
-    batch = {"source": torch.rand(3, 3, res, res, generator=g) * 2 - 1, "target": torch.rand(3, 3, res, res, generator=g) * 2 - 1}
+    batch = {"source": torch.rand(3, 3, res, res, generator=g) * 2 - 1, "target": torch.rand(3, 3, res, res, generator=g) * 2 - 1,
+             "source_mask": (torch.rand(3, 1, res, res, generator=g) > 0.3).float(),
+             "target_mask": (torch.rand(3, 1, res, res, generator=g) > 0.3).float()}
     disc = Discriminator(resolution=res, channel_base=16, channel_max=16)
     return sw, frozen, batch, disc
 

@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import FaceSet, PairSet
+from .robustswap.leakage import LEAK_GROUPS, per_pair_leakage
 from .samae import dilate
 from .tools import EvalTools
 
 METRICS = ("psnr", "ssim", "id_cos", "id_top1", "dlib_dist", "dlib_top1", "expr_err", "pose_err", "skin_err",
-           "light_err", "flicker")
+           "light_err", "flicker", *(f"leak_{g}" for g in LEAK_GROUPS))
 
 
 def resize(images_u8: np.ndarray, r: int) -> torch.Tensor:
@@ -104,15 +105,18 @@ class Judge:
         self.tools, self.test, self.pairs, self.r, self.use_dlib = tools, test, pairs, resolution, use_dlib
         self.gt = resize(pairs.gt, resolution)
         tgt_masks = resize_mask(test.masks[pairs.target], resolution)
-        self.region = dilate(torch.maximum(resize_mask(pairs.gt_masks, resolution), tgt_masks), 2)
+        # where a swap's face is: the target's face region or the true swap's (E_id reads it there)
+        self.swap_face = torch.maximum(resize_mask(pairs.gt_masks, resolution), tgt_masks)
+        self.region = dilate(self.swap_face, 2)
         self.boxes = mask_boxes(tgt_masks)
         stills = test.sequence < 0
         ids = np.unique(test.identity)
         with torch.no_grad():
-            emb = self._embed(resize(test.images[stills], resolution))
+            emb = self._embed(resize(test.images[stills], resolution), resize_mask(test.masks[stills], resolution))
         self.gallery_ids = ids
         self.gallery = F.normalize(torch.stack([emb[torch.from_numpy(test.identity[stills] == i)].mean(0) for i in ids]), dim=-1)
-        self.src_emb = self._embed(resize(test.images[pairs.source], resolution))
+        self.src_emb = self._embed(resize(test.images[pairs.source], resolution),
+                                   resize_mask(test.masks[pairs.source], resolution))
         self.src_id = test.identity[pairs.source]
         if use_dlib:
             still_imgs = resize(test.images[stills], resolution)
@@ -122,8 +126,8 @@ class Judge:
                                              mask_boxes(resize_mask(test.masks[pairs.source], resolution)))
 
     @torch.no_grad()
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.tools.identity(x[i:i + 128]) for i in range(0, len(x), 128)])
+    def _embed(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.tools.identity(x[i:i + 128], masks[i:i + 128]) for i in range(0, len(x), 128)])
 
     @torch.no_grad()
     def score(self, swaps: torch.Tensor) -> dict[str, np.ndarray]:
@@ -131,7 +135,7 @@ class Judge:
         p, t = self.pairs, self.test
         out: dict[str, np.ndarray] = {}
         out["psnr"], out["ssim"] = region_psnr_ssim(swaps, self.gt, self.region)
-        e = self._embed(swaps)
+        e = self._embed(swaps, self.swap_face)
         out["id_cos"] = (e * self.src_emb).sum(-1).numpy()
         out["id_top1"] = (self.gallery_ids[(e @ self.gallery.T).argmax(1).numpy()] == self.src_id).astype(float)
         if self.use_dlib:
@@ -144,12 +148,16 @@ class Judge:
         a = {k: torch.cat([self.tools.attributes(swaps[i:i + 128])[k] for i in range(0, len(swaps), 128)]).numpy()
              for k in ("expression", "pose", "skin", "light_dir")}
         tg = p.target
-        out["expr_err"] = np.abs(a["expression"] - t.expression[tg]).mean(1)
+        dims = self.tools.expression_dims if self.tools.expression_dims is not None else slice(None)
+        out["expr_err"] = np.abs(a["expression"][:, dims] - t.expression[tg][:, dims]).mean(1)
         out["pose_err"] = np.rad2deg(np.abs(a["pose"] - t.pose[tg])).mean(1)
         out["skin_err"] = np.abs(a["skin"] - t.skin[tg]).mean(1)
         ld = a["light_dir"] / (np.linalg.norm(a["light_dir"], axis=1, keepdims=True) + 1e-9)
         out["light_err"] = np.rad2deg(np.arccos(np.clip((ld * t.light_dir[tg]).sum(1), -1, 1)))
         out["flicker"] = self.flicker(swaps)
+        labels = {f for fields in LEAK_GROUPS.values() for f in fields}
+        out.update(per_pair_leakage(self.tools, swaps, {f: getattr(t, f)[p.source] for f in labels},
+                                    {f: getattr(t, f)[tg] for f in labels}))
         return out
 
     def flicker(self, swaps: torch.Tensor) -> np.ndarray:

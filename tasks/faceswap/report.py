@@ -6,7 +6,10 @@ against the true swap, which real benchmarks do not have. ``paired.md`` gives SA
 per column, pair by pair, with its interval: a column "held" only where that interval excludes
 0 in SAMAE's favour. Reference rows: the ground truth scored as if it were a swap (what a
 perfect method gets from the same regressors and encoders) and the unswapped target (no
-identity transfer at all).
+identity transfer at all). The ``* leak`` columns (RobustSwap's concern, METHODS.md §6) are the
+share of pairs whose attribute, as the regressor reads it from the swap, lies closer to the
+*source's* label than to the target's (``robustswap/leakage.py``; the ground truth's row is the
+regressor's floor).
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ from .evaluate import bootstrap_ci, paired_diff_ci
 COLUMNS = [("psnr", "PSNR ↑", 1), ("ssim", "SSIM ↑", 1), ("id_cos", "ID cos ↑", 1), ("id_top1", "ID top-1 ↑", 1),
            ("dlib_dist", "dlib dist ↓", -1), ("dlib_top1", "dlib top-1 ↑", 1), ("expr_err", "expr err ↓", -1),
            ("pose_err", "pose err ° ↓", -1), ("skin_err", "skin err ↓", -1), ("light_err", "light err ° ↓", -1),
-           ("flicker", "flicker ↓", -1)]
+           ("flicker", "flicker ↓", -1), ("leak_pose", "pose leak ↓", -1), ("leak_expression", "expr leak ↓", -1),
+           ("leak_lighting", "light leak ↓", -1), ("leak_hair", "hair leak ↓", -1), ("leak_skin", "skin leak ↓", -1)]
 DIGITS = {"psnr": 2, "pose_err": 2, "light_err": 1, "ssim": 3, "id_cos": 3, "id_top1": 2, "dlib_dist": 3, "dlib_top1": 2,
-          "expr_err": 4, "skin_err": 4, "flicker": 4}
+          "expr_err": 4, "skin_err": 4, "flicker": 4, **{f"leak_{g}": 2 for g in ("pose", "expression", "lighting", "hair", "skin")}}
 
 
 def _cell(m: float, lo: float, hi: float, key: str) -> str:
@@ -69,8 +73,11 @@ def build_report(cfg: Any, faces_dir: Path, tools_dir: Path, refs_dir: Path, eva
              f"{meta['test_identities']} held-out identities; models at {cfg.budget.resolution}² "
              f"(rendered {meta['resolution']}²), {cfg.budget.steps} steps × batch {cfg.budget.batch} per learned method. "
              f"Mean [95 % bootstrap interval over pairs]. Identity encoder: held-out verification accuracy "
-             f"{check['verification_accuracy']:.3f}; attribute regressor R² on held-out renders: "
-             + ", ".join(f"{k} {v:.2f}" for k, v in check["attribute_r2_test"].items()) + ".")
+             f"{check['verification_accuracy']:.3f} (10-fold); attribute regressor R² on held-out renders: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in check["attribute_r2_test"].items())
+             + (f"; the expression columns score the {len(check['expression_dims'])} of "
+                f"{len(check['expression_r2_per_dim'])} ARKit blendshapes it reads (R² ≥ {cfg.tools.min_expression_r2})"
+                if "expression_dims" in check else "") + ".")
     import pandas as pd
 
     pd.DataFrame(csv_rows).to_csv(out / "results.csv", index=False)

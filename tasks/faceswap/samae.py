@@ -174,12 +174,12 @@ class SAMAERecipe(SwapRecipe):
         r = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
         idx = r.integers(len(self.frames.identity), size=self.micro_batch)
         x, m = self.frames.tensors(idx, device)
-        xs, _ = self.frames.tensors(self.frames.other_frame(idx, r), device)
+        xs, ms = self.frames.tensors(self.frames.other_frame(idx, r), device)
         m_aug = augment_mask(m, self.opts, g)
         self.tools.to(device)
         with torch.no_grad():
-            z = self.tools.identity(xs)
-        return {"x": x, "m": m_aug, "z": z}
+            z = self.tools.identity(xs, ms)
+        return {"x": x, "m": m_aug, "face": m, "z": z}
 
     def loss(self, name, models, batch, cache, step):
         x, m, z = batch["x"], batch["m"], batch["z"]
@@ -187,7 +187,7 @@ class SAMAERecipe(SwapRecipe):
             out = models["generator"](torch.cat([x * (1 - m), m], 1), z)
             cache["fake"] = out.detach()
             rec = (out - x).abs().mean()
-            ident = (1 - (self.tools.identity(out) * z).sum(-1)).mean()
+            ident = (1 - (self.tools.identity(out, batch["face"]) * z).sum(-1)).mean()
             adv = -models["discriminator"](out)[0].mean()
             o = self.opts
             loss = o.w_rec * rec + o.w_id * ident + o.w_adv * adv
@@ -251,6 +251,6 @@ class SAMAE(GeneratorMethod):
         g = load_generator(out_dir, meta["width"]).to(device)
         m = dilate((target.masks > 0.5).float(), self.opts.dilate)
         xt = target.images
-        out = g(torch.cat([xt * (1 - m), m], 1), tools.identity(source.images))
+        out = g(torch.cat([xt * (1 - m), m], 1), tools.identity(source.images, source.masks))
         return (m * out + (1 - m) * xt).clamp(0, 1)
 

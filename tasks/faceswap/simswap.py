@@ -52,10 +52,10 @@ class SimSwapRecipe(SwapRecipe):
         t = r.integers(len(ident), size=self.micro_batch)
         s = np.array([int(r.choice(np.flatnonzero(ident != ident[i]))) for i in t])
         xt, mt = self.frames.tensors(t, device)
-        xs, _ = self.frames.tensors(s, device)
+        xs, ms = self.frames.tensors(s, device)
         self.tools.to(device)
         with torch.no_grad():
-            z = self.tools.identity(xs)
+            z = self.tools.identity(xs, ms)
         return {"xt": xt, "mt": mt, "z": z}
 
     def loss(self, name, models, batch, cache, step):
@@ -64,7 +64,7 @@ class SimSwapRecipe(SwapRecipe):
         if name == "generator":
             out = models["generator"](torch.cat([xt, mt], 1), z)
             cache["fake"] = out.detach()
-            ident = (1 - (self.tools.identity(out) * z).sum(-1)).mean()
+            ident = (1 - (self.tools.identity(out, mt) * z).sum(-1)).mean()
             logit, f_fake = models["discriminator"](out)
             with torch.no_grad():
                 _, f_real = models["discriminator"](xt)
@@ -90,5 +90,5 @@ class SimSwapLike(GeneratorMethod):
         g = load_generator(out_dir, meta["width"]).to(device)
         xt = target.images
         m = dilate((target.masks > 0.5).float(), self.opts.dilate)
-        out = g(torch.cat([xt, (target.masks > 0.5).float()], 1), tools.identity(source.images))
+        out = g(torch.cat([xt, (target.masks > 0.5).float()], 1), tools.identity(source.images, source.masks))
         return (m * out + (1 - m) * xt).clamp(0, 1)

@@ -58,8 +58,9 @@ def tools(cfg: FaceswapConfig, faces_dir: Path, *, use_gpu: bool = False, thread
     from tasks.common.training import load_weights, train as run_engine
 
     from .dataset import load_faces
-    from .tools import (ATTRIBUTES, AttributeRecipe, IdentityRecipe, attribute_r2, best_threshold, embed, load_tools,
-                        save_tools, verification_accuracy, verification_pairs)
+    from .tools import (ATTRIBUTES, AttributeRecipe, IdentityRecipe, attribute_r2, best_threshold,
+                        cross_validated_accuracy, embed, load_tools, readable_expression_dims, save_tools,
+                        verification_pairs)
 
     out = step_dir(FLOW, "tools")
     t = cfg.tools
@@ -85,24 +86,29 @@ def tools(cfg: FaceswapConfig, faces_dir: Path, *, use_gpu: bool = False, thread
             save_tools(tmp, id_net, at_net, resolution=cfg.budget.resolution, width=t.width, mean=attr.mean, std=attr.std,
                        sizes=sizes, threshold=0.0, extra={})
             tl = load_tools(tmp)
-            # threshold on training identities' frames, accuracy on held-out identities
-            e_tr = embed(tl, train)
-            i, j, same = verification_pairs(train.identity, 1000, cfg.seed)
-            thr = best_threshold((e_tr[i] * e_tr[j]).sum(-1).numpy(), same)
+            # held-out identities, LFW's 10-fold protocol (a threshold fit on training identities
+            # fits their memorised embeddings); the threshold kept is the best on all held-out pairs
             stills = test.subset(np.flatnonzero(test.sequence < 0))
             e_te = embed(tl, stills)
             i, j, same = verification_pairs(stills.identity, 500, cfg.seed + 1)
-            acc = verification_accuracy((e_te[i] * e_te[j]).sum(-1).numpy(), same, thr)
+            sim = (e_te[i] * e_te[j]).sum(-1).numpy()
+            acc, thr = cross_validated_accuracy(sim, same, seed=cfg.seed), best_threshold(sim, same)
             r2 = attribute_r2(tl, stills)
+            dims, r2_dims = readable_expression_dims(tl, stills, t.min_expression_r2)
+            if len(dims) == 0:
+                raise DataError(f"{tmp}: the attribute regressor reads no expression blendshape with R² ≥ "
+                                f"tools.min_expression_r2={t.min_expression_r2} on held-out renders")
             check = {"verification_accuracy": acc, "threshold": thr, "attribute_r2_test": r2,
+                     "expression_dims": dims.tolist(), "expression_r2_per_dim": np.round(r2_dims, 3).tolist(),
                      "identity_train_seconds": r_id.wall_seconds, "attribute_train_seconds": r_at.wall_seconds,
                      "identity_history": r_id.history[-3:], "attribute_history": r_at.history[-3:]}
             meta = read_json(tmp / "tools.json")
-            meta.update(threshold=thr, check=check)
+            meta.update(threshold=thr, expression_dims=dims.tolist(), check=check)
             write_json(tmp / "tools.json", meta)
             write_json(tmp / "check.json", check)
-            step_logger().info("tools: held-out verification %.3f (threshold %.3f), attribute R² %s", acc, thr,
-                               {k: round(v, 3) for k, v in r2.items()})
+            step_logger().info("tools: held-out verification %.3f (10-fold), attribute R² %s; expression: %d of %d "
+                               "blendshapes scored (R² ≥ %s)", acc, {k: round(v, 3) for k, v in r2.items()},
+                               len(dims), len(r2_dims), t.min_expression_r2)
             if acc < t.min_verification:
                 raise DataError(f"{tmp}: identity encoder reaches {acc:.3f} held-out verification accuracy, below "
                                 f"tools.min_verification={t.min_verification}")

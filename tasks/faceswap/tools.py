@@ -3,9 +3,14 @@
 * **Identity encoder** E_id: a CNN → 128-D unit vector, trained with ArcFace's additive angular
   margin loss (cos(θ_y + m), scale s) over the training identities. Every frame of an identity
   has its own skin, hair, lights, background, expression and pose, so the only thing a frame
-  shares with its identity's other frames is face shape — which is what E_id must learn. It is
-  checked on held-out (test) identities by verification accuracy: same/different pairs,
-  threshold chosen on training identities' frames.
+  shares with its identity's other frames is face shape — which is what E_id must learn. It sees
+  the face region only (the image times its dilated face mask: hair and backdrop are nuisance
+  that 4 frames per identity cannot teach it to ignore), with flips, colour gains and grey
+  frames as augmentation. Measured on the default set (800 steps, held-out identities, 10-fold
+  accuracy): whole image 0.633, + augmentation 0.637, face region 0.716, face region +
+  augmentation 0.747. It is checked on held-out (test) identities by verification accuracy under
+  LFW's protocol: 10 folds of same/different pairs, the threshold chosen on nine, accuracy on the
+  tenth (a threshold chosen on training identities fits memorised embeddings: 0.50 held out).
 * **Attribute regressor** A: a CNN → every label a swap must keep from the target (expression
   52, pose 3, light direction 3, light colour 3, skin 3, hair colour 3) and the source's shape
   (P), trained by MSE on labels standardised with the training set's mean/std. It first proves
@@ -54,6 +59,33 @@ def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([torch.roll(x[i], (dy[i], dx[i]), (1, 2)) for i in range(n)])
 
 
+def face_region(images: torch.Tensor, masks: torch.Tensor, resolution: int) -> torch.Tensor:
+    """What E_id sees: images [N, 3, R, R] resized to ``resolution``, times the face masks
+    [N, 1, R', R'] (> 0.5 = face) dilated by ~5 px per 64 px, so the outline of the face and no hair
+    or backdrop is in view."""
+    if images.shape[-1] != resolution:
+        images = F.interpolate(images, size=(resolution, resolution), mode="area")
+    m = masks.to(images.device, images.dtype)
+    if m.ndim == 3:
+        m = m[:, None]
+    if m.shape[-1] != resolution:
+        m = F.interpolate(m, size=(resolution, resolution), mode="area")
+    k = 2 * max(1, round(2.5 * resolution / 64)) + 1
+    return images * (F.max_pool2d((m > 0.25).to(images.dtype), k, 1, k // 2))
+
+
+def _identity_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flips (face shapes are left-right symmetric), per-channel gains and grey frames (skin tone
+    and light colour are not identity), then the shift jitter."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = (x * (0.7 + 0.6 * torch.rand(n, 3, 1, 1, generator=gen))).clamp(0, 1)
+    grey = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(grey[:, None, None, None], x.mean(1, keepdim=True).expand_as(x), x)
+    return _jitter(x, gen)
+
+
 class ArcMargin(nn.Module):
     """ArcFace head: logits s·cos(θ_j), with cos(θ_y + m) for the true class y."""
 
@@ -74,7 +106,7 @@ class IdentityRecipe:
     """Engine recipe: E_id + ArcFace head over the training identities."""
 
     def __init__(self, faces: FaceSet, *, steps: int, batch: int, resolution: int, width: int, lr: float, seed: int):
-        self.images = faces.images
+        self.images, self.masks = faces.images, faces.masks
         ids, self.labels = np.unique(faces.identity, return_inverse=True)
         self.classes = len(ids)
         self.steps, self.micro_batch = steps, batch
@@ -87,7 +119,7 @@ class IdentityRecipe:
         return {"identity": enc}
 
     def optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(module.parameters(), lr=self.lr)
+        return torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=5e-4)
 
     def schedule(self, name: str, opt: torch.optim.Optimizer, step: int) -> None:
         for g in opt.param_groups:  # cosine decay to 5 %
@@ -96,9 +128,8 @@ class IdentityRecipe:
     def batch(self, step: int, rank: int, device: torch.device) -> dict[str, torch.Tensor]:
         g = seeded_generator(self.seed, step, rank)
         idx = torch.randint(len(self.images), (self.micro_batch,), generator=g).numpy()
-        x = _jitter(torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2).float() / 255.0, g)
-        if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="area")
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2).float() / 255.0
+        x = _identity_augment(face_region(x, torch.from_numpy(self.masks[idx]), self.resolution), g)
         return {"x": x.to(device), "y": torch.as_tensor(self.labels[idx], device=device)}
 
     def loss(self, name, models, batch, cache, step):
@@ -106,7 +137,7 @@ class IdentityRecipe:
         z = enc(batch["x"])
         logits = enc.arc(z, batch["y"]) if hasattr(enc, "arc") else enc.module.arc(z, batch["y"])
         loss = F.cross_entropy(logits, batch["y"])
-        return loss, {"arcface": float(loss)}
+        return loss, {"arcface": float(loss.detach())}
 
 
 class AttributeRecipe:
@@ -142,7 +173,7 @@ class AttributeRecipe:
 
     def loss(self, name, models, batch, cache, step):
         loss = F.mse_loss(models["attributes"](batch["x"]), batch["y"])
-        return loss, {"mse": float(loss)}
+        return loss, {"mse": float(loss.detach())}
 
 
 @dataclass
@@ -155,7 +186,9 @@ class EvalTools:
     mean: torch.Tensor
     std: torch.Tensor
     sizes: dict[str, int]
-    threshold: float  # cosine-similarity verification threshold (chosen on training identities)
+    threshold: float  # cosine-similarity verification threshold (best on held-out pairs; informational)
+    #: the expression blendshapes A reads on held-out renders (the expression columns score only these)
+    expression_dims: np.ndarray | None = None
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.mean.device, torch.float32)
@@ -163,9 +196,11 @@ class EvalTools:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="area")
         return images
 
-    def identity(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit identity vectors [N, 128] of images [N, 3, R, R] in [0, 1] (differentiable)."""
-        return F.normalize(self.identity_net(self._prep(images)), dim=-1)
+    def identity(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Unit identity vectors [N, 128] of images [N, 3, R, R] in [0, 1] (differentiable), read
+        from the face region ``masks`` [N, 1, R', R'] (a swap: its target's face region)."""
+        images = images.to(self.mean.device, torch.float32)
+        return F.normalize(self.identity_net(face_region(images, masks, self.resolution)), dim=-1)
 
     def attributes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Regressed labels of images [N, 3, R, R]: {expression, pose, light_dir, light_color, skin,
@@ -205,7 +240,9 @@ def load_tools(path: Path | str, device: Any = "cpu") -> EvalTools:
     attr.load_state_dict(load_file(str(path / "attributes.safetensors")))
     for net in (ident, attr):
         net.eval().requires_grad_(False)
-    tools = EvalTools(ident, attr, r, torch.tensor(meta["mean"]), torch.tensor(meta["std"]), sizes, meta["threshold"])
+    dims = meta.get("expression_dims")
+    tools = EvalTools(ident, attr, r, torch.tensor(meta["mean"]), torch.tensor(meta["std"]), sizes, meta["threshold"],
+                      None if dims is None else np.asarray(dims, dtype=int))
     return tools.to(device)
 
 
@@ -214,8 +251,10 @@ def load_tools(path: Path | str, device: Any = "cpu") -> EvalTools:
 
 @torch.no_grad()
 def embed(tools: EvalTools, faces: FaceSet, batch: int = 128) -> torch.Tensor:
-    out = [tools.identity(_to_tensor(faces, np.arange(i, min(i + batch, len(faces))), tools.resolution))
-           for i in range(0, len(faces), batch)]
+    out = []
+    for i in range(0, len(faces), batch):
+        idx = np.arange(i, min(i + batch, len(faces)))
+        out.append(tools.identity(_to_tensor(faces, idx, tools.resolution), torch.from_numpy(faces.masks[idx])))
     return torch.cat(out)
 
 
@@ -249,19 +288,42 @@ def verification_accuracy(sim: np.ndarray, same: np.ndarray, threshold: float) -
     return float(((sim >= threshold) == same).mean())
 
 
+def cross_validated_accuracy(sim: np.ndarray, same: np.ndarray, *, folds: int = 10, seed: int = 0) -> float:
+    """LFW's protocol: pairs split into ``folds``; each fold scored at the threshold best on the others."""
+    fold = np.random.default_rng(seed).permutation(len(sim)) % folds
+    accs = [verification_accuracy(sim[fold == k], same[fold == k], best_threshold(sim[fold != k], same[fold != k]))
+            for k in range(folds)]
+    return float(np.mean(accs))
+
+
 @torch.no_grad()
-def attribute_r2(tools: EvalTools, faces: FaceSet, batch: int = 128) -> dict[str, float]:
-    """R² per attribute group of the regressor on ``faces`` (1 = perfect, 0 = predicting the mean)."""
+def _read_attributes(tools: EvalTools, faces: FaceSet, batch: int = 128) -> dict[str, np.ndarray]:
     preds: dict[str, list[torch.Tensor]] = {a: [] for a in ATTRIBUTES}
     for i in range(0, len(faces), batch):
         out = tools.attributes(_to_tensor(faces, np.arange(i, min(i + batch, len(faces))), tools.resolution))
         for a in ATTRIBUTES:
             preds[a].append(out[a].cpu())
-    res = {}
-    for a in ATTRIBUTES:
-        p = torch.cat(preds[a]).numpy()
-        y = getattr(faces, a).reshape(len(faces), -1)
-        var = y.var(0)
-        keep = var > 1e-8
-        res[a] = float(1 - ((p - y) ** 2).mean(0)[keep].sum() / var[keep].sum()) if keep.any() else float("nan")
-    return res
+    return {a: torch.cat(v).numpy() for a, v in preds.items()}
+
+
+def _r2(p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """R² of the group (1 − ΣSSE / ΣSST over dimensions that vary) and per dimension (NaN where constant)."""
+    var = y.var(0)
+    keep = var > 1e-8
+    sse = ((p - y) ** 2).mean(0)
+    group = float(1 - sse[keep].sum() / var[keep].sum()) if keep.any() else float("nan")
+    return group, np.where(keep, 1 - sse / np.where(keep, var, 1.0), np.nan)
+
+
+def attribute_r2(tools: EvalTools, faces: FaceSet, batch: int = 128) -> dict[str, float]:
+    """R² per attribute group of the regressor on ``faces`` (1 = perfect, 0 = predicting the mean)."""
+    read = _read_attributes(tools, faces, batch)
+    return {a: _r2(read[a], getattr(faces, a).reshape(len(faces), -1))[0] for a in ATTRIBUTES}
+
+
+def readable_expression_dims(tools: EvalTools, faces: FaceSet, min_r2: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ARKit blendshapes the regressor reads on ``faces`` with R² ≥ ``min_r2`` (None: all), and every one's R²."""
+    per_dim = _r2(_read_attributes(tools, faces)["expression"], faces.expression.reshape(len(faces), -1))[1]
+    if min_r2 is None:
+        return np.arange(len(per_dim)), per_dim
+    return np.flatnonzero(np.nan_to_num(per_dim, nan=-np.inf) >= min_r2), per_dim

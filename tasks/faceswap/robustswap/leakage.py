@@ -46,7 +46,9 @@ def _standardised(values: dict[str, torch.Tensor], tools: Any, fields: tuple[str
     for f in fields:
         a, b = offsets[f]
         v = np.asarray(values[f].detach().cpu() if torch.is_tensor(values[f]) else values[f], dtype=np.float64)
-        cols.append((v.reshape(len(v), -1) - mean[a:b]) / std[a:b])
+        z = (v.reshape(len(v), -1) - mean[a:b]) / std[a:b]
+        dims = getattr(tools, "expression_dims", None) if f == "expression" else None
+        cols.append(z if dims is None else z[:, dims])  # only the blendshapes the regressor reads
     return np.concatenate(cols, 1)
 
 

@@ -125,13 +125,14 @@ def _labels(faces: Any, idx: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 class _Identity:
-    """The flow's identity encoder E_id as a callable on images in [0, 1] (resized by the tools)."""
+    """The flow's identity encoder E_id as a callable on images in [0, 1] and their face masks
+    (both resized by the tools)."""
 
     def __init__(self, tools: Any):
         self.tools = tools
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tools.identity(images)
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.tools.identity(images, masks)
 
 
 class RobustSwap:
@@ -190,8 +191,9 @@ class RobustSwap:
         lam = SwapLossWeights(identity=opts.lambda_id, reconstruction=opts.lambda_rec, mse=opts.lambda_mse,
                               explicit_3d=opts.lambda_3d, adversarial=opts.lambda_adv, r1_gamma=opts.r1_gamma)
         steps = opts.swap_steps or run.steps
+        masks = torch.from_numpy(np.ascontiguousarray(faces.masks[tr])).float()[:, None]
         recipe = SwapperRecipe(images[tr], torch.as_tensor(faces.identity[tr]), models["generator"], models["discriminator"],
-                               frozen, n_shape=prior_meta["n_shape"], steps=steps, batch=run.batch, lr=opts.swap_lr,
+                               frozen, masks=masks, n_shape=prior_meta["n_shape"], steps=steps, batch=run.batch, lr=opts.swap_lr,
                                seed=run.seed, feature_res=fres, channels=opts.channels, implicit_3d=opts.implicit_3d,
                                explicit_3d=opts.explicit_3d, self_swap_every=opts.self_swap_every, d_every=opts.d_every,
                                weights=lam)

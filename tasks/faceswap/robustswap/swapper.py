@@ -123,8 +123,9 @@ def swapper_terms(swapper: nn.Module, frozen: dict[str, Any], batch: dict[str, t
     """The swap of one batch and each (unweighted) loss term, keyed by name.
 
     ``frozen`` holds ``encoder`` (W+), ``face3d`` (regressor), ``face_model`` (vertices),
-    ``identity`` (callable: images in [0, 1] → unit vectors) and ``judge`` (perceptual features).
-    ``batch`` holds ``source`` and ``target`` images in [-1, 1].
+    ``identity`` (callable: images in [0, 1], face masks → unit vectors) and ``judge`` (perceptual
+    features). ``batch`` holds ``source`` and ``target`` images in [-1, 1] and their face masks
+    ``source_mask`` / ``target_mask`` (the swap is read where the target's face is).
     """
     from .geometry import explicit_3d_loss
 
@@ -134,10 +135,10 @@ def swapper_terms(swapper: nn.Module, frozen: dict[str, Any], batch: dict[str, t
         w_id = frozen["encoder"](src)
         src_3d = frozen["face3d"](src)
         tgt_3d = src_3d if self_swap else frozen["face3d"](tgt)
-        id_src = frozen["identity"]((src + 1) / 2)
+        id_src = frozen["identity"]((src + 1) / 2, batch.get("source_mask"))
     y = swapper(w_id, src_3d["shape"], tgt, noise=noise)
     terms: dict[str, torch.Tensor] = {}
-    id_y = frozen["identity"]((y.clamp(-1, 1) + 1) / 2)
+    id_y = frozen["identity"]((y.clamp(-1, 1) + 1) / 2, batch.get("source_mask" if self_swap else "target_mask"))
     terms["identity"] = (1 - (id_y * id_src).sum(-1)).mean()
     terms["reconstruction"] = perceptual_distance(frozen["judge"], y, tgt)
     if self_swap:
@@ -159,15 +160,16 @@ def total_loss(terms: dict[str, torch.Tensor], lam: SwapLossWeights) -> torch.Te
 class SwapperRecipe:
     """Trains :class:`RobustSwapper` (+ its discriminator) on pairs of training renders.
 
-    ``images`` float [N, 3, R, R] in [-1, 1]. Each step draws ``batch`` sources and targets with
-    different identities (``identity`` [N]); every ``self_swap_every``-th step is a self-swap.
+    ``images`` float [N, 3, R, R] in [-1, 1], ``masks`` their face masks [N, 1, R', R']. Each step
+    draws ``batch`` sources and targets with different identities (``identity`` [N]); every
+    ``self_swap_every``-th step is a self-swap.
     """
 
     def __init__(self, images: torch.Tensor, identity: torch.Tensor, generator: Generator, discriminator: Discriminator,
-                 frozen: dict[str, Any], *, n_shape: int, steps: int, batch: int, lr: float, seed: int,
+                 frozen: dict[str, Any], *, masks: torch.Tensor, n_shape: int, steps: int, batch: int, lr: float, seed: int,
                  feature_res: int = 16, channels: int = 32, implicit_3d: bool = True, explicit_3d: bool = True,
                  self_swap_every: int = 3, d_every: int = 2, r1_every: int = 4, weights: SwapLossWeights | None = None):
-        self.images, self.identity = images, identity
+        self.images, self.identity, self.masks = images, identity, masks
         self.generator, self.discriminator, self.frozen = generator, discriminator, frozen
         self.n_shape, self.steps, self.micro_batch, self.lr, self.seed = n_shape, steps, batch, lr, seed
         self.feature_res, self.channels = feature_res, channels
@@ -195,7 +197,8 @@ class SwapperRecipe:
         tgt = torch.randint(0, n, (self.micro_batch,), generator=g)
         same = self.identity[src] == self.identity[tgt]
         tgt[same] = (tgt[same] + torch.randint(1, n, (int(same.sum()),), generator=g)) % n  # cross-identity pairs
-        return {"source": self.images[src].to(device), "target": self.images[tgt].to(device)}
+        return {"source": self.images[src].to(device), "target": self.images[tgt].to(device),
+                "source_mask": self.masks[src].to(device), "target_mask": self.masks[tgt].to(device)}
 
     def _frozen_on(self, device: torch.device) -> dict[str, Any]:
         for k, m in self.frozen.items():
