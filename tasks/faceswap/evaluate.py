@@ -148,8 +148,9 @@ class Judge:
         a = {k: torch.cat([self.tools.attributes(swaps[i:i + 128])[k] for i in range(0, len(swaps), 128)]).numpy()
              for k in ("expression", "pose", "skin", "light_dir")}
         tg = p.target
-        dims = self.tools.expression_dims if self.tools.expression_dims is not None else slice(None)
-        out["expr_err"] = np.abs(a["expression"][:, dims] - t.expression[tg][:, dims]).mean(1)
+        dims = self.tools.expression_dims if self.tools.expression_dims is not None else np.arange(t.expression.shape[1])
+        out["expr_err"] = (np.abs(a["expression"][:, dims] - t.expression[tg][:, dims]).mean(1) if len(dims)
+                           else np.full(len(p), np.nan))  # n/a: the regressor reads no blendshape
         out["pose_err"] = np.rad2deg(np.abs(a["pose"] - t.pose[tg])).mean(1)
         out["skin_err"] = np.abs(a["skin"] - t.skin[tg]).mean(1)
         ld = a["light_dir"] / (np.linalg.norm(a["light_dir"], axis=1, keepdims=True) + 1e-9)

@@ -41,6 +41,17 @@ def _cell(m: float, lo: float, hi: float, key: str) -> str:
     return f"{m:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
 
 
+def _expression_note(check: dict[str, Any], min_r2: float | None) -> str:
+    if "expression_dims" not in check:
+        return ""
+    n, total = len(check["expression_dims"]), len(check["expression_r2_per_dim"])
+    if n == 0:
+        best = max((r for r in check["expression_r2_per_dim"] if r == r), default=float("nan"))
+        return (f"; the expression columns are n/a: it reads none of the {total} ARKit blendshapes on held-out "
+                f"renders with R² ≥ {min_r2} (best {best:.2f}; on training renders it memorises them)")
+    return f"; the expression columns score the {n} of {total} ARKit blendshapes it reads (R² ≥ {min_r2})"
+
+
 def _load(d: Path, name: str = "per_pair.npz") -> dict[str, np.ndarray]:
     with np.load(d / name) as z:
         return {k: z[k] for k in z.files}
@@ -75,9 +86,7 @@ def build_report(cfg: Any, faces_dir: Path, tools_dir: Path, refs_dir: Path, eva
              f"Mean [95 % bootstrap interval over pairs]. Identity encoder: held-out verification accuracy "
              f"{check['verification_accuracy']:.3f} (10-fold); attribute regressor R² on held-out renders: "
              + ", ".join(f"{k} {v:.2f}" for k, v in check["attribute_r2_test"].items())
-             + (f"; the expression columns score the {len(check['expression_dims'])} of "
-                f"{len(check['expression_r2_per_dim'])} ARKit blendshapes it reads (R² ≥ {cfg.tools.min_expression_r2})"
-                if "expression_dims" in check else "") + ".")
+             + _expression_note(check, cfg.tools.min_expression_r2) + ".")
     import pandas as pd
 
     pd.DataFrame(csv_rows).to_csv(out / "results.csv", index=False)

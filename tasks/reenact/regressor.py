@@ -9,6 +9,7 @@ Its error on *real* renders of the same frames is reported beside it as the judg
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,8 +19,46 @@ from torch import nn
 from .data import ANGLE_SCALE
 
 
+def mirror_index(names: list[str]) -> list[int]:
+    """For each morph, the index of its mirror image: ``*_left`` ↔ ``*_right``, the rest themselves."""
+    swap = {"left": "right", "right": "left"}
+    out = []
+    for n in names:
+        stem, _, side = n.rpartition("_")
+        out.append(names.index(f"{stem}_{swap[side]}") if side in swap else names.index(n))
+    return out
+
+
+def augment(image: torch.Tensor, weights: torch.Tensor, angles: torch.Tensor, g: torch.Generator, *,
+            mirror: list[int] | None, shift: float, jitter: float = 0.1):
+    """The judge's training augmentation, labels moved with the pixels.
+
+    * mirror (half the batch): the image flipped left-right, left and right morphs swapped, yaw and
+      roll negated (left and right morphs are mirror shapes; hair and light are not mirrored,
+      which varies the rest of the frame);
+    * shift/scale: a random affine of up to ``shift`` (fraction of the frame) and 1 ± ``shift`` zoom,
+      so the judge reads features where they are rather than at remembered pixels;
+    * colour jitter (Animo's): read shape, not exact shading — generated frames are never exact.
+    """
+    n = len(image)
+    if mirror is not None:
+        flip = torch.rand(n, generator=g) < 0.5
+        image = torch.where(flip[:, None, None, None], image.flip(-1), image)
+        weights = torch.where(flip[:, None], weights[:, mirror], weights)
+        angles = torch.where(flip[:, None], angles * angles.new_tensor([-1.0, 1.0, -1.0]), angles)
+    if shift > 0:
+        scale = 1 + shift * (torch.rand(n, generator=g) * 2 - 1)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = shift * (torch.rand(n, 2, generator=g) * 2 - 1)
+        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+        image = F.grid_sample(image, grid, padding_mode="border", align_corners=False)
+    image = (image * (1 + jitter * (torch.rand(n, 3, 1, 1, generator=g) - 0.5))).clamp(0, 1)
+    return image, weights, angles
+
+
 class MorphRegressor(nn.Module):
-    def __init__(self, n_morphs: int = 17, channels: int = 32, size: int = 64):
+    def __init__(self, n_morphs: int = 17, channels: int = 32, size: int = 64, dropout: float = 0.3):
         super().__init__()
         layers: list[nn.Module] = []
         c, s = 3, size
@@ -28,7 +67,8 @@ class MorphRegressor(nn.Module):
             layers += [nn.Conv2d(c, c2, 3, 2, 1), nn.BatchNorm2d(c2), nn.LeakyReLU(0.2)]
             c, s = c2, (s + 1) // 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * s * s, 256), nn.LeakyReLU(0.2), nn.Linear(256, n_morphs + 3))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * s * s, 256), nn.LeakyReLU(0.2),
+                                  nn.Dropout(dropout), nn.Linear(256, n_morphs + 3))
         self.n_morphs = n_morphs
 
     def feature_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -50,11 +90,19 @@ class MorphRegressor(nn.Module):
 
 
 class RegressorRecipe:
-    def __init__(self, frames, *, steps: int, batch: int, lr: float, channels: int, seed: int):
+    """Training of the judge: BCE on the morphs (active morphs weighted ``1 + active_weight``) + L1 on
+    the angles, mirror and shift/scale augmentation, cosine learning rate, dropout in the head."""
+
+    def __init__(self, frames, *, steps: int, batch: int, lr: float, channels: int, seed: int,
+                 mirror: bool = True, shift: float = 0.1, active_weight: float = 4.0):
+        from tasks.common.morphs import ANIME_MORPH_NAMES
+
         from .data import pose_of
 
         self.frames, self.steps, self.micro_batch, self.lr, self.channels, self.seed = frames, steps, batch, lr, channels, seed
         self.weights, self.angles = pose_of(frames.rows)
+        self.mirror = mirror_index(ANIME_MORPH_NAMES) if mirror and self.weights.shape[1] == len(ANIME_MORPH_NAMES) else None
+        self.shift, self.active_weight = shift, active_weight
 
     def build(self) -> dict[str, nn.Module]:
         torch.manual_seed(self.seed)
@@ -63,16 +111,19 @@ class RegressorRecipe:
     def optimizer(self, name: str, module: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=self.lr)
 
+    def schedule(self, name: str, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Cosine decay from ``lr`` to 0 over the run (a pure function of the step)."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+
     def batch(self, step: int, rank: int, device: torch.device) -> dict[str, torch.Tensor]:
         from tasks.common.training import seeded_generator
 
         g = seeded_generator(self.seed, step, rank)
         idx = torch.randint(0, len(self.weights), (self.micro_batch,), generator=g)
-        img = self.frames.float_images(idx)
-        # Small colour jitter (Animo's augmentation): the judge must read shape, not exact shading,
-        # since generated frames are never pixel-exact.
-        img = (img * (1 + 0.1 * (torch.rand(len(idx), 3, 1, 1, generator=g) - 0.5))).clamp(0, 1)
-        return {"image": img.to(device), "weights": self.weights[idx].to(device), "angles": self.angles[idx].to(device)}
+        img, w, a = augment(self.frames.float_images(idx), self.weights[idx], self.angles[idx], g,
+                            mirror=self.mirror, shift=self.shift)
+        return {"image": img.to(device), "weights": w.to(device), "angles": a.to(device)}
 
     def loss(self, name: str, models: dict[str, Any], batch: dict[str, torch.Tensor], cache: dict, step: int):
         net = models["regressor"]
@@ -80,7 +131,11 @@ class RegressorRecipe:
         # Cross-entropy against the soft weights, not L1: most targets are 0, and L1's optimum is
         # the median — a judge that always answers "neutral" (and a saturated sigmoid) — while
         # cross-entropy's is the mean and its gradient on the logit never vanishes.
-        lw = F.binary_cross_entropy_with_logits(logit.float(), batch["weights"].float())
+        # Active morphs weigh 1 + active_weight: each is on in ~1 frame in 10, and unweighted the
+        # cheapest answer is "neutral" everywhere.
+        w = batch["weights"].float()
+        per = F.binary_cross_entropy_with_logits(logit.float(), w, reduction="none")
+        lw = (per * (1 + self.active_weight * (w > 0).float())).mean()
         la = F.l1_loss(a.float(), batch["angles"].float()) / ANGLE_SCALE
         mae = (torch.sigmoid(logit.detach().float()) - batch["weights"].float()).abs().mean()
         return lw + la, {"morph_mae": float(mae), "angle_mae_deg": float(la.detach()) * ANGLE_SCALE}

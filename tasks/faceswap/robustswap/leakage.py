@@ -107,5 +107,6 @@ def per_pair_leakage(tools: Any, swapped: torch.Tensor, source: dict[str, Any], 
     out = {}
     for g, fields in groups.items():
         a, s, t = (_standardised(x, tools, fields) for x in (read, source, target))
-        out[f"leak_{g}"] = (np.linalg.norm(a - s, axis=1) < np.linalg.norm(a - t, axis=1)).astype(float)
+        out[f"leak_{g}"] = ((np.linalg.norm(a - s, axis=1) < np.linalg.norm(a - t, axis=1)).astype(float) if a.shape[1]
+                            else np.full(len(a), np.nan))  # n/a: nothing of the group is readable
     return out
