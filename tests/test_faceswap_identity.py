@@ -69,7 +69,8 @@ def train_encoder(train: FaceSet, out: Path, *, seed: int, steps: int, batch: in
     """E_id as the tools step makes it: IdentityRecipe on the engine (torch, CPU), saved, reloaded frozen."""
     from tasks.common.training import load_weights, train as run_engine
     from tasks.faceswap.config import FaceswapConfig
-    from tasks.faceswap.tools import ATTRIBUTES, AttributeRecipe, IdentityRecipe, load_tools, save_tools
+    from tasks.faceswap.tools import (ATTRIBUTES, AttributeRecipe, IdentityRecipe, embedding_center, load_tools,
+                                      save_tools)
 
     kw = dict(steps=steps, batch=batch, resolution=train.resolution, width=width, lr=lr, seed=seed)
     recipe = IdentityRecipe(train, **kw)
@@ -81,7 +82,7 @@ def train_encoder(train: FaceSet, out: Path, *, seed: int, steps: int, batch: in
     attr = AttributeRecipe(train, **kw)
     sizes = {a: int(np.prod(getattr(train, a).shape[1:])) for a in ATTRIBUTES}
     save_tools(out, net, attr.build()["attributes"], resolution=train.resolution, width=width, mean=attr.mean,
-               std=attr.std, sizes=sizes, threshold=0.0, extra={})
+               std=attr.std, sizes=sizes, threshold=0.0, extra={}, center=embedding_center(net, train, train.resolution))
     return load_tools(out)
 
 

@@ -59,8 +59,8 @@ def tools(cfg: FaceswapConfig, faces_dir: Path, *, use_gpu: bool = False, thread
 
     from .dataset import load_faces
     from .tools import (ATTRIBUTES, AttributeRecipe, IdentityRecipe, attribute_r2, best_threshold,
-                        cross_validated_accuracy, embed, load_tools, readable_expression_dims, save_tools,
-                        verification_pairs)
+                        cross_validated_accuracy, embed, embedding_center, load_tools, readable_expression_dims,
+                        save_tools, verification_pairs)
 
     out = step_dir(FLOW, "tools")
     t = cfg.tools
@@ -84,7 +84,8 @@ def tools(cfg: FaceswapConfig, faces_dir: Path, *, use_gpu: bool = False, thread
             at_net.load_state_dict(load_weights(r_at.checkpoint, "attributes"))
             sizes = {a: int(np.prod(getattr(train, a).shape[1:])) for a in ATTRIBUTES}
             save_tools(tmp, id_net, at_net, resolution=cfg.budget.resolution, width=t.width, mean=attr.mean, std=attr.std,
-                       sizes=sizes, threshold=0.0, extra={})
+                       sizes=sizes, threshold=0.0, extra={},
+                       center=embedding_center(id_net, train, cfg.budget.resolution))
             tl = load_tools(tmp)
             # held-out identities, LFW's 10-fold protocol (a threshold fit on training identities
             # fits their memorised embeddings); the threshold kept is the best on all held-out pairs
@@ -94,7 +95,7 @@ def tools(cfg: FaceswapConfig, faces_dir: Path, *, use_gpu: bool = False, thread
             sim = (e_te[i] * e_te[j]).sum(-1).numpy()
             acc, thr = cross_validated_accuracy(sim, same, seed=cfg.seed), best_threshold(sim, same)
             different_cos = float(sim[~same].mean())
-            if different_cos > 0.95:  # every face on one direction: the identity columns would read ~1
+            if different_cos > 0.95:  # every face on one direction even after centring: identity columns read ~1
                 raise DataError(f"{tmp}: the identity encoder collapsed (mean cosine of different held-out identities "
                                 f"{different_cos:.4f})")
             r2 = attribute_r2(tl, stills)

@@ -10,8 +10,11 @@
   0.736. Flip, colour-gain and grey augmentation on top scored 0.747 at 800 steps but at 1500
   steps collapsed every embedding onto one direction (ArcFace loss stuck at 3.9, pairwise cosines
   within 1e-6 of 1: verification still read 0.715 off the residue, every identity column of the
-  report read 1.000), so it is not used, and the tools step now refuses a collapsed encoder. It
-  is checked on held-out (test) identities by verification accuracy under LFW's protocol: 10
+  report read 1.000), so it is not used. Every embedding is also centred: the mean raw embedding
+  of the training frames is subtracted before normalising (a ReLU network's outputs share one
+  positive direction, so an untrained or briefly trained encoder puts every face at cosine ≈ 1;
+  what tells identities apart is the residue around that mean), and the tools step refuses an
+  encoder whose held-out different-identity cosine is still above 0.95. It is checked on held-out (test) identities by verification accuracy under LFW's protocol: 10
   folds of same/different pairs, the threshold chosen on nine, accuracy on the tenth (a threshold
   chosen on training identities fits memorised embeddings: 0.50 held out).
 * **Attribute regressor** A: a CNN → every label a swap must keep from the target (expression
@@ -180,6 +183,8 @@ class EvalTools:
     threshold: float  # cosine-similarity verification threshold (best on held-out pairs; informational)
     #: the expression blendshapes A reads on held-out renders (the expression columns score only these)
     expression_dims: np.ndarray | None = None
+    #: E_id's mean raw embedding over the training frames, subtracted before normalising (None: 0)
+    center: torch.Tensor | None = None
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.mean.device, torch.float32)
@@ -191,7 +196,8 @@ class EvalTools:
         """Unit identity vectors [N, 128] of images [N, 3, R, R] in [0, 1] (differentiable), read
         from the face region ``masks`` [N, 1, R', R'] (a swap: its target's face region)."""
         images = images.to(self.mean.device, torch.float32)
-        return F.normalize(self.identity_net(face_region(images, masks, self.resolution)), dim=-1)
+        z = self.identity_net(face_region(images, masks, self.resolution))
+        return F.normalize(z if self.center is None else z - self.center, dim=-1)
 
     def attributes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Regressed labels of images [N, 3, R, R]: {expression, pose, light_dir, light_color, skin,
@@ -207,17 +213,36 @@ class EvalTools:
         self.identity_net.to(device)
         self.attribute_net.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
+        if self.center is not None:
+            self.center = self.center.to(device)
         return self
 
 
+@torch.no_grad()
+def embedding_center(identity_net: nn.Module, faces: FaceSet, resolution: int, batch: int = 128) -> np.ndarray:
+    """E_id's mean raw (unnormalised) embedding over ``faces`` — the centre ``EvalTools.identity``
+    subtracts. Computed once on the training frames, frozen with the tools."""
+    identity_net.eval()
+    total = torch.zeros(ID_DIM, dtype=torch.float64)
+    for i in range(0, len(faces), batch):
+        idx = np.arange(i, min(i + batch, len(faces)))
+        x = face_region(_to_tensor(faces, idx, resolution), torch.from_numpy(faces.masks[idx]), resolution)
+        total += identity_net(x).double().sum(0)
+    return (total / len(faces)).float().numpy()
+
+
 def save_tools(out: Path, identity_net: nn.Module, attribute_net: nn.Module, *, resolution: int, width: int,
-               mean: np.ndarray, std: np.ndarray, sizes: dict[str, int], threshold: float, extra: dict) -> None:
+               mean: np.ndarray, std: np.ndarray, sizes: dict[str, int], threshold: float, extra: dict,
+               center: np.ndarray | None = None) -> None:
+    """Freeze both networks under ``out``; ``center``: E_id's training-set mean embedding
+    (``embedding_center``; None leaves embeddings uncentred)."""
     id_state = {k: v for k, v in identity_net.state_dict().items() if not k.startswith("arc.")}
     save_file({k: v.detach().cpu().contiguous() for k, v in id_state.items()}, str(out / "identity.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in attribute_net.state_dict().items()},
               str(out / "attributes.safetensors"))
     write_json(out / "tools.json", {"resolution": resolution, "width": width, "mean": mean.tolist(), "std": std.tolist(),
-                                    "sizes": sizes, "threshold": threshold, **extra})
+                                    "sizes": sizes, "threshold": threshold,
+                                    "center": None if center is None else np.asarray(center, float).tolist(), **extra})
 
 
 def load_tools(path: Path | str, device: Any = "cpu") -> EvalTools:
@@ -233,7 +258,8 @@ def load_tools(path: Path | str, device: Any = "cpu") -> EvalTools:
         net.eval().requires_grad_(False)
     dims = meta.get("expression_dims")
     tools = EvalTools(ident, attr, r, torch.tensor(meta["mean"]), torch.tensor(meta["std"]), sizes, meta["threshold"],
-                      None if dims is None else np.asarray(dims, dtype=int))
+                      None if dims is None else np.asarray(dims, dtype=int),
+                      None if meta.get("center") is None else torch.tensor(meta["center"], dtype=torch.float32))
     return tools.to(device)
 
 
