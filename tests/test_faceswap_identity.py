@@ -47,6 +47,9 @@ SEED = 0  # training seed (weights, batches) and the seed of the verification pa
 #: 0.567 (same − different cosine 0.32 / 0.13 / 0.11). An untrained encoder scores 0.57. The bar
 #: is for this test's fixed seed 0; at this size other seeds do not separate (the default size does:
 #: 0.702 held out). Only the fixed seed is asserted, deterministically on one kind of machine.
+#: Those figures predate centring (``EvalTools.center``: the training frames' mean embedding is
+#: subtracted); on the default set centring moved held-out verification from 0.702 to 0.721, and
+#: this test still passes at seed 0.
 MIN_HELD_OUT_ACCURACY = 0.6
 
 

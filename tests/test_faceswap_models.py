@@ -120,6 +120,27 @@ def test_bootstrap_interval_brackets_the_mean():
     assert np.isnan(bootstrap_ci(np.array([np.nan]), 100)[0])
 
 
+def test_each_papers_claim_reads_its_own_paired_differences():
+    """SAMAE's family is compared with every other method; RobustSwap alone with the baseline, the
+    geometric swap and its ablations — and a lower leakage reads "better" for RobustSwap."""
+    from tasks.faceswap.report import CLAIMS, COLUMNS, claim_line, paired_table
+
+    rng = np.random.default_rng(0)
+    base = {k: rng.normal(0.5, 0.05, 60) for k, _, _ in COLUMNS}
+    per = {m: dict(base) for m in ("samae", "samae_noperf", "simswap", "warp_blend", "robustswap",
+                                   "robustswap_no_explicit3d")}
+    per["robustswap"] = {**base, "leak_hair": base["leak_hair"] - 0.2, "psnr": base["psnr"] - 1.0}
+    samae, robust = (paired_table(per, 200, c) for c in CLAIMS)
+    assert samae["rows"] == 2 * 4 and "samae − robustswap" in samae["md"] and "samae − samae" not in samae["md"]
+    assert robust["rows"] == 3  # robustswap − {simswap, warp_blend, robustswap_no_explicit3d}
+    assert "robustswap − samae" not in robust["md"] and "robustswap_no_explicit3d − " not in robust["md"]
+    assert robust["main"]["leak_hair"]["verdict"] == "better" and robust["main"]["psnr"]["verdict"] == "worse"
+    assert robust["main"]["ssim"]["verdict"] == "≈"
+    line = claim_line(CLAIMS[1], robust["main"])
+    assert "better on hair leak ↓;" in line and "worse on PSNR ↑;" in line
+    assert "not tested" in claim_line(CLAIMS[1], paired_table({"samae": base}, 100, CLAIMS[1])["main"])
+
+
 # ------------------------------------------------------------------------------ bad inputs
 
 

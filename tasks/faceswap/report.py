@@ -2,9 +2,10 @@
 
 The claim tested (METHODS.md §3): training purely by self-reconstruction (SAMAE) beats
 target-oriented training (identity + attribute losses, no ground truth) — here measured
-against the true swap, which real benchmarks do not have. ``paired.md`` gives SAMAE − baseline
-per column, pair by pair, with its interval: a column "held" only where that interval excludes
-0 in SAMAE's favour. Reference rows: the ground truth scored as if it were a swap (what a
+against the true swap, which real benchmarks do not have — and RobustSwap's (§6): its latent choice
+and 3D guidance stop the source's attributes leaking into the swap (``CLAIMS``). ``paired.md``
+gives each claim's method − each other method per column, pair by pair, with its interval: a
+column "held" only where that interval excludes 0 in the claim's favour. Reference rows: the ground truth scored as if it were a swap (what a
 perfect method gets from the same regressors and encoders) and the unswapped target (no
 identity transfer at all). The ``* leak`` columns (RobustSwap's concern, METHODS.md §6) are the
 share of pairs whose attribute, as the regressor reads it from the swap, lies closer to the
@@ -14,6 +15,7 @@ regressor's floor).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,36 +92,66 @@ def build_report(cfg: Any, faces_dir: Path, tools_dir: Path, refs_dir: Path, eva
     import pandas as pd
 
     pd.DataFrame(csv_rows).to_csv(out / "results.csv", index=False)
-    paired = paired_table(per, n)
-    (out / "paired.md").write_text(paired["md"] + "\n")
-    verdict = claim_line(paired["samae_vs_simswap"])
-    (out / "table.md").write_text(table + notes + "\n\nPaired differences over the same test pairs (SAMAE − each "
-                                  "other method; \"better\"/\"worse\" where the 95 % interval excludes 0):\n\n"
-                                  + paired["md"] + "\n\n" + verdict + "\n")
-    write_json(out / "headline.json", {"methods": headline, "paired_samae_vs_simswap": paired["samae_vs_simswap"],
+    sections, md, claims = [], [], {}
+    for claim in CLAIMS:
+        paired = paired_table(per, n, claim)
+        if paired["rows"] == 0:
+            continue
+        head = f"{claim.title} ({claim.name} − each method it is compared with; \"better\"/\"worse\" where the 95 % " \
+               f"interval excludes 0):\n\n"
+        md.append(head + paired["md"])
+        sections.append(head + paired["md"] + "\n\n" + claim_line(claim, paired["main"]))
+        claims[f"paired_{claim.name}_vs_{claim.baseline}"] = paired["main"]
+    (out / "paired.md").write_text("\n\n".join(md) + "\n")
+    (out / "table.md").write_text(table + notes + "\n\n" + "\n\n".join(sections) + "\n")
+    write_json(out / "headline.json", {"methods": headline, **claims,
                                        "identity_verification": check["verification_accuracy"]})
     write_json(out / "metrics.json", {"rows": csv_rows, "tools": check, "data": meta | {"landmark_vertices": None}})
     strips(cfg, faces_dir, eval_dirs, out)
 
 
-def claim_line(main: dict[str, Any]) -> str:
-    """One line: on which columns self-reconstruction (SAMAE) beat the target-oriented baseline."""
+@dataclass(frozen=True)
+class Claim:
+    """One paper's claim read off paired differences: every method of the family ``name`` (its
+    ablations share the prefix) minus every method outside it — or, given ``against``, ``name``
+    alone minus each of those; the verdict line is ``name`` − ``baseline``."""
+
+    name: str
+    baseline: str
+    statement: str
+    title: str
+    against: tuple[str, ...] | None = None
+
+
+#: SAMAE (METHODS.md §3) against every other method; RobustSwap (§6: source attributes do not leak)
+#: against the target-oriented baseline, the geometric swap and its own ablations
+CLAIMS = (
+    Claim("samae", "simswap", "SAMAE's self-reconstruction beats the target-oriented SimSwap-like swapper",
+          "Paired differences over the same test pairs, SAMAE"),
+    Claim("robustswap", "simswap", "RobustSwap's latent choice and 3D guidance stop source attributes leaking",
+          "Paired differences over the same test pairs, RobustSwap",
+          against=("simswap", "warp_blend", "robustswap_no_implicit3d", "robustswap_no_explicit3d")),
+)
+
+
+def claim_line(claim: Claim, main: dict[str, Any]) -> str:
+    """One line: on which columns ``claim.name`` beat ``claim.baseline``."""
+    head = f"**Claim** ({claim.statement}), {claim.name} − {claim.baseline}: "
     if not main:
-        return "**Claim** (self-reconstruction beats target-oriented training): not tested (samae or simswap not in this run)."
+        return head + f"not tested ({claim.name} or {claim.baseline} not in this run)."
     titles = {k: t for k, t, _ in COLUMNS}
-    better = [titles[k] for k, v in main.items() if v["verdict"] == "better"]
-    worse = [titles[k] for k, v in main.items() if v["verdict"] == "worse"]
-    same = [titles[k] for k, v in main.items() if v["verdict"] == "≈"]
-    return ("**Claim** (SAMAE's self-reconstruction beats the target-oriented SimSwap-like swapper), samae − simswap: "
-            f"better on {', '.join(better) or 'no column'}; worse on {', '.join(worse) or 'no column'}; "
-            f"no clear difference on {', '.join(same) or 'no column'}.")
+    by = {v: [titles[k] for k, r in main.items() if r["verdict"] == v] for v in ("better", "worse", "≈")}
+    return head + (f"better on {', '.join(by['better']) or 'no column'}; worse on {', '.join(by['worse']) or 'no column'}; "
+                   f"no clear difference on {', '.join(by['≈']) or 'no column'}.")
 
 
-def paired_table(per: dict[str, dict[str, np.ndarray]], n: int) -> dict[str, Any]:
-    """SAMAE (and its ablations) minus each baseline, pair by pair, with intervals and verdicts."""
+def paired_table(per: dict[str, dict[str, np.ndarray]], n: int, claim: Claim) -> dict[str, Any]:
+    """The claim's family minus each method it is compared with, pair by pair, with intervals and
+    verdicts; ``main``: the ``claim.name`` − ``claim.baseline`` cells."""
     rows, main = [], {}
-    ours = [m for m in per if m.startswith("samae")]
-    others = [m for m in per if not m.startswith("samae")]
+    ours = [m for m in per if m.startswith(claim.name)] if claim.against is None else [claim.name] * (claim.name in per)
+    others = [m for m in per if not m.startswith(claim.name)] if claim.against is None else \
+        [m for m in claim.against if m in per]
     for a in ours:
         for b in others:
             row = {"comparison": f"{a} − {b}"}
@@ -130,10 +162,10 @@ def paired_table(per: dict[str, dict[str, np.ndarray]], n: int) -> dict[str, Any
                     continue
                 verdict = "better" if (lo > 0 if better > 0 else hi < 0) else ("worse" if (hi < 0 if better > 0 else lo > 0) else "≈")
                 row[title] = f"{m:+.{DIGITS[key]}f} [{lo:+.{DIGITS[key]}f}, {hi:+.{DIGITS[key]}f}] {verdict}"
-                if a == "samae" and b == "simswap":
+                if a == claim.name and b == claim.baseline:
                     main[key] = {"diff": m, "lo": lo, "hi": hi, "verdict": verdict}
             rows.append(row)
-    return {"md": markdown_table(rows) if rows else "_(no SAMAE/baseline pair in this run)_", "samae_vs_simswap": main}
+    return {"md": markdown_table(rows) if rows else "_(no pair in this run)_", "main": main, "rows": len(rows)}
 
 
 def strips(cfg: Any, faces_dir: Path, eval_dirs: dict[str, Path], out: Path) -> None:
