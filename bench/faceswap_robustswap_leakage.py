@@ -54,9 +54,12 @@ def main() -> None:
     head = "| method | " + " | ".join(f"{g} λ" for g in LEAK_GROUPS) + " | " + " | ".join(f"{g} →src" for g in LEAK_GROUPS) + " |"
     print(head)
     print("|" + "---|" * (1 + 2 * len(LEAK_GROUPS)))
+    # a group the regressor reads nothing of (no expression blendshape read on held-out renders) is n/a
+    unread = {"expression"} if tools.expression_dims is not None and len(tools.expression_dims) == 0 else set()
     for name, res in results.items():
-        lam = " | ".join(f"{res[g]['leak']:.2f} [{res[g]['leak_lo']:.2f}, {res[g]['leak_hi']:.2f}]" for g in LEAK_GROUPS)
-        closer = " | ".join(f"{res[g]['closer_to_source']:.2f}" for g in LEAK_GROUPS)
+        lam = " | ".join("n/a" if g in unread else f"{res[g]['leak']:.2f} [{res[g]['leak_lo']:.2f}, {res[g]['leak_hi']:.2f}]"
+                         for g in LEAK_GROUPS)
+        closer = " | ".join("n/a" if g in unread else f"{res[g]['closer_to_source']:.2f}" for g in LEAK_GROUPS)
         print(f"| {name} | {lam} | {closer} |")
     prior = {}
     for d in sorted((args.root / "train").glob("robustswap*")):
@@ -75,6 +78,9 @@ def main() -> None:
         print("  regressor on held-out identities:", {k: round(v, 4) for k, v in first["regressor_test"].items()})
         print("  swapper wall seconds:", {k: round(v["swap_wall_seconds"]) for k, v in prior.items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    for res in results.values():
+        for g in unread:
+            res[g] = {k: None for k in res[g]}
     args.out.write_text(json.dumps({"root": str(args.root), "pairs": len(pairs), "leakage": results, "robustswap": prior}, indent=2))
     print(f"\nwrote {args.out}")
 
