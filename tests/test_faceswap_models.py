@@ -141,6 +141,41 @@ def test_each_papers_claim_reads_its_own_paired_differences():
     assert "not tested" in claim_line(CLAIMS[1], paired_table({"samae": base}, 100, CLAIMS[1])["main"])
 
 
+def test_centring_removes_the_direction_every_embedding_shares():
+    """An encoder whose outputs share one large offset puts every face at cosine ≈ 1; subtracting
+    the training frames' mean embedding (``embedding_center``) leaves the part that differs."""
+    import torch
+
+    from tasks.faceswap.tools import ID_DIM, EvalTools, embedding_center, face_region
+
+    class Offset(torch.nn.Module):  # 50 + a per-image signal that differs between images
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3 * 16 * 16, ID_DIM)
+
+        def forward(self, x):
+            return 50.0 + self.proj(x.flatten(1))
+
+    torch.manual_seed(0)
+    faces = _toy_faceset(n=12)
+    faces.images[:] = np.random.default_rng(0).integers(0, 255, faces.images.shape, dtype=np.uint8)
+    faces.masks[:] = True
+    net = Offset().eval()
+    k = ID_DIM
+    tools = EvalTools(net, net, 16, torch.zeros(k), torch.ones(k), {}, 0.0)
+    x = torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 255
+    m = torch.from_numpy(faces.masks)
+    with torch.no_grad():
+        raw = tools.identity(x, m)
+        tools.center = torch.from_numpy(embedding_center(net, faces, 16))
+        centred = tools.identity(x, m)
+        expect = net(face_region(x, m, 16)).mean(0)
+    off = ~torch.eye(12, dtype=torch.bool)
+    assert (raw @ raw.T)[off].min() > 0.99
+    assert (centred @ centred.T)[off].mean().abs() < 0.2
+    torch.testing.assert_close(tools.center, expect, rtol=1e-5, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------ bad inputs
 
 

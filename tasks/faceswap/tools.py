@@ -14,8 +14,9 @@
   of the training frames is subtracted before normalising (a ReLU network's outputs share one
   positive direction, so an untrained or briefly trained encoder puts every face at cosine ≈ 1;
   what tells identities apart is the residue around that mean), and the tools step refuses an
-  encoder whose held-out different-identity cosine is still above 0.95. It is checked on held-out (test) identities by verification accuracy under LFW's protocol: 10
-  folds of same/different pairs, the threshold chosen on nine, accuracy on the tenth (a threshold
+  encoder whose held-out different-identity cosine is still above 0.95. It is checked on
+  held-out (test) identities by verification accuracy under LFW's protocol: 10 folds of
+  same/different pairs, the threshold chosen on nine, accuracy on the tenth (a threshold
   chosen on training identities fits memorised embeddings: 0.50 held out).
 * **Attribute regressor** A: a CNN → every label a swap must keep from the target (expression
   52, pose 3, light direction 3, light colour 3, skin 3, hair colour 3) and the source's shape
