@@ -65,7 +65,7 @@ class GeneratorConfig(ConfigSection):
     preset: animeceleb resolution=256 and this 256)."""
     styles: list[str] = ["default"]
     """Anime rendering styles to train on (each pair stays within one style)."""
-    steps: int = Field(200, ge=1, le=MAX_STEPS)
+    steps: int = Field(600, ge=1, le=MAX_STEPS)
     """Training steps (the CPU default is sized to the 2-core machine's time budget, not to quality)."""
     batch: int = Field(4, ge=1, le=1024)
     """Pairs per step (Animo: 4)."""
@@ -93,16 +93,23 @@ class GeneratorConfig(ConfigSection):
 
 
 class RegressorConfig(ConfigSection):
-    steps: int = Field(400, ge=1, le=MAX_STEPS)
+    styles: list[str] = ["default", "toon"]
+    """Anime rendering styles the judge trains and proves itself on (both by default: twice the frames
+    of the same poses; it reads the generator's style among them)."""
+    steps: int = Field(2000, ge=1, le=MAX_STEPS)
     """Training steps of the morph regressor (the expression-fidelity judge); its recipe (mirror,
     shift/scale augmentation, dropout, active-morph-weighted BCE, cosine lr) is
-    :class:`~tasks.reenact.regressor.RegressorRecipe`'s, measured on the toy set with 1200 steps."""
+    :class:`~tasks.reenact.regressor.RegressorRecipe`'s."""
     batch: int = Field(32, ge=1, le=4096)
     """Renders per step."""
     lr: float = Field(1e-3, gt=0, le=1.0)
     """Adam learning rate."""
     channels: int = Field(16, ge=4, le=1024)
     """Base width of its CNN."""
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of each training identity's poses the judge does not train on: on them it shows which
+    morphs it reads (error < 0.5 × a neutral copy's; ``regressor/judge.json``), and only those count
+    in the fidelity metric."""
 
 
 class ReenactConfig(FlowConfig):
@@ -136,6 +143,10 @@ class ReenactConfig(FlowConfig):
         g = self.generator
         if g.image_size % (2**g.depth):
             raise ValueError(f"generator: image_size {g.image_size} is not divisible by 2**depth = {2**g.depth}")
-        if not g.styles or len(set(g.styles)) != len(g.styles) or set(g.styles) - {"default", "toon"}:
-            raise ValueError(f"generator: styles must be distinct entries of default/toon, got {g.styles}")
+        for name, styles in (("generator", g.styles), ("regressor", self.regressor.styles)):
+            if not styles or len(set(styles)) != len(styles) or set(styles) - {"default", "toon"}:
+                raise ValueError(f"{name}: styles must be distinct entries of default/toon, got {styles}")
+        if set(g.styles) - set(self.regressor.styles):
+            raise ValueError(f"regressor: styles {self.regressor.styles} must include the generator's {g.styles} "
+                             "(the judge reads the generated frames)")
         return self

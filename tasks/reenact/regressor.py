@@ -10,13 +10,28 @@ Its error on *real* renders of the same frames is reported beside it as the judg
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ANGLE_SCALE
+from .data import ANGLE_SCALE, AnimeFrames
+
+#: a morph is *read* when, on validation renders the judge never trained on, its error on the frames
+#: that change the morph (weight > CHANGED) is below READ_RATIO of the error it makes on a copy of
+#: the identity's neutral frame — with 95 % confidence (the one-sided bootstrap bound over those
+#: frames, so a lucky handful does not count), left and right morphs judged together (the judge
+#: reads both sides of a mirrored frame); only read morphs count in the fidelity metric (c)
+READ_RATIO = 0.5
+#: a morph group needs this many changed validation frames before it can count as read
+MIN_CHANGED = 6
+CHANGED = 0.1
+BOOTSTRAP = 2000
 
 
 def mirror_index(names: list[str]) -> list[int]:
@@ -53,7 +68,7 @@ def augment(image: torch.Tensor, weights: torch.Tensor, angles: torch.Tensor, g:
         theta[:, :, 2] = shift * (torch.rand(n, 2, generator=g) * 2 - 1)
         grid = F.affine_grid(theta, list(image.shape), align_corners=False)
         image = F.grid_sample(image, grid, padding_mode="border", align_corners=False)
-    image = (image * (1 + jitter * (torch.rand(n, 3, 1, 1, generator=g) - 0.5))).clamp(0, 1)
+    image = (image * (1 + jitter * (torch.rand(n, image.shape[1], 1, 1, generator=g) - 0.5))).clamp(0, 1)
     return image, weights, angles
 
 
@@ -87,6 +102,25 @@ class MorphRegressor(nn.Module):
         """[N, 3, S, S] in [0, 1] → (morphs [N, 17] in [0, 1], angles [N, 3] in degrees)."""
         logit, angles = self.logits(image)
         return torch.sigmoid(logit), angles
+
+
+@torch.no_grad()
+def read_morphs(reg: MorphRegressor, images: torch.Tensor, mirror: bool = True) -> torch.Tensor:
+    """The judge's morph reading [N, 17] of images [N, 3, S, S] (in batches; ``reg`` in eval mode).
+
+    ``mirror``: the mean of the reading of the image and of its mirror image (left and right morphs
+    swapped back) — the judge trained on both, and averaging halves what either view gets wrong alone."""
+    from tasks.common.morphs import ANIME_MORPH_NAMES
+
+    swap = mirror_index(ANIME_MORPH_NAMES) if mirror and reg.n_morphs == len(ANIME_MORPH_NAMES) else None
+    out = []
+    for i in range(0, len(images), 32):
+        x = images[i:i + 32]
+        p = reg(x)[0].float()
+        if swap is not None:
+            p = (p + reg(x.flip(-1))[0].float()[:, swap]) / 2
+        out.append(p)
+    return torch.cat(out)
 
 
 class RegressorRecipe:
@@ -150,3 +184,97 @@ def perceptual_loss(judge: MorphRegressor, pred: torch.Tensor, target: torch.Ten
     for fp, t in zip(judge.feature_maps(pred), ft):
         loss = loss + (fp - t).abs().mean() / t.abs().mean().clamp_min(1e-6)
     return loss / len(ft)
+
+
+def validation_split(frames: AnimeFrames, fraction: float, seed: int) -> tuple[AnimeFrames, AnimeFrames]:
+    """(fit, validation): a ``fraction`` of each identity's poses (never its basis frame) held out of
+    the judge's training, so it can show which morphs it reads on renders it never saw."""
+    rng = np.random.default_rng(seed)
+    rows, val = frames.rows, set()
+    for _, g in rows[rows.kind != "basis"].groupby("identity"):
+        ids = sorted(g.pose_id.unique())
+        k = int(round(fraction * len(ids)))
+        val |= set(rng.choice(ids, size=k, replace=False).tolist()) if k else set()
+    held = rows.pose_id.isin(val).to_numpy()
+    return frames.subset(~held), frames.subset(held)
+
+
+def neutral_sources(rows: pd.DataFrame, basis: AnimeFrames) -> list[int]:
+    """For each row, the index in ``basis`` of its identity's neutral basis frame of the same style
+    (the copy-source every reading is compared with)."""
+    b = basis.rows
+    neutral = {(r.identity, r["style"]): i for i, r in b[b.kind == "basis"].iterrows()
+               if not np.any(np.asarray(r.weights))}
+    missing = {(r.identity, r["style"]) for _, r in rows.iterrows()} - set(neutral)
+    if missing:
+        raise ValueError(f"no neutral basis frame for {sorted(missing)[:3]}: the copy-source is undefined")
+    return [neutral[(r.identity, r["style"])] for _, r in rows.iterrows()]
+
+
+def mirror_groups(names: list[str]) -> dict[str, list[int]]:
+    """Morph indices by mirror group: ``eye_close_left`` and ``eye_close_right`` → ``eye_close``."""
+    out: dict[str, list[int]] = {}
+    for k, n in enumerate(names):
+        stem, _, side = n.rpartition("_")
+        out.setdefault(stem if side in ("left", "right") else n, []).append(k)
+    return out
+
+
+@dataclass
+class Readability:
+    """The judge's proof of reading, per mirror group of morphs, on renders it never trained on:
+    mean |read − true| on the frames that change the morph, for the true render and for a copy of
+    the identity's neutral frame; their ratio and its one-sided 95 % bootstrap upper bound."""
+
+    names: list[str]  # group names
+    changed: list[int]
+    true_error: list[float]
+    copy_error: list[float]
+    ratio_upper: list[float]
+    members: dict[str, list[str]]
+
+    @classmethod
+    def measure(cls, reg: "MorphRegressor", frames: AnimeFrames, basis: AnimeFrames, names: list[str],
+                seed: int = 0) -> "Readability":
+        from .data import pose_of
+
+        w, _ = pose_of(frames.rows)
+        true = (read_morphs(reg, frames.float_images(slice(None))) - w).abs().numpy()
+        copy = (read_morphs(reg, basis.float_images(neutral_sources(frames.rows, basis))) - w).abs().numpy()
+        ch = (w > CHANGED).numpy()
+        rng = np.random.default_rng(seed)
+        out = cls([], [], [], [], [], {})
+        for group, cols in mirror_groups(names).items():
+            t = np.concatenate([true[ch[:, k], k] for k in cols])
+            c = np.concatenate([copy[ch[:, k], k] for k in cols])
+            n = len(t)
+            upper = float("nan")
+            if n:
+                draw = rng.integers(0, n, (BOOTSTRAP, n))
+                upper = float(np.quantile(t[draw].mean(1) / np.maximum(c[draw].mean(1), 1e-9), 0.95))
+            out.names.append(group)
+            out.changed.append(n)
+            out.true_error.append(float(t.mean()) if n else float("nan"))
+            out.copy_error.append(float(c.mean()) if n else float("nan"))
+            out.ratio_upper.append(upper)
+            out.members[group] = [names[k] for k in cols]
+        return out
+
+    @property
+    def ratio(self) -> list[float]:
+        return [t / c if n and c > 0 else float("nan") for t, c, n in zip(self.true_error, self.copy_error, self.changed)]
+
+    @property
+    def readable(self) -> list[str]:
+        """The morphs the judge reads: their group has enough changed frames and an error below
+        READ_RATIO × copy's with 95 % confidence."""
+        return [m for g, n, u in zip(self.names, self.changed, self.ratio_upper)
+                if n >= MIN_CHANGED and u < READ_RATIO for m in self.members[g]]
+
+    def to_json(self) -> dict:
+        return {"read_ratio": READ_RATIO, "min_changed": MIN_CHANGED, "changed_above": CHANGED,
+                "readable": self.readable,
+                "per_group": {g: {"morphs": self.members[g], "changed": n, "true": round(t, 4), "copy": round(c, 4),
+                                  "ratio": round(r, 3), "ratio_upper95": round(u, 3)}
+                              for g, n, t, c, r, u in zip(self.names, self.changed, self.true_error, self.copy_error,
+                                                          self.ratio, self.ratio_upper)}}

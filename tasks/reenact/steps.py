@@ -25,11 +25,14 @@ FLOW = "reenact"
 
 
 def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: dict, inputs: list[Path],
-           threads: int, folder: str | None = None, seed: int | None = None) -> Path:
+           threads: int, folder: str | None = None, seed: int | None = None,
+           after: Callable[[Path], None] | None = None) -> Path:
     """Train ``recipe()`` (model ``name``) into ``data/reenact/<folder or name>/`` unless its key is
     already there, intact.
 
-    The recipe is built only when there is work (building it loads the training images).
+    The recipe is built only when there is work (building it loads the training images);
+    ``after(folder)`` writes what the step derives from the trained weights before the
+    folder is marked complete.
     """
     from safetensors.torch import save_file
 
@@ -52,6 +55,8 @@ def _train(name: str, cfg: ReenactConfig, recipe: Callable[[], Any], *, config: 
     with atomic_path(out / f"{name}.safetensors") as tmp:
         save_file(load_weights(res.checkpoint, name), str(tmp))
     write_json(out / "train.json", {**res.to_json(), "config": cfg.model_dump(mode="json")})
+    if after is not None:
+        after(out)
     run.complete(steps=job.steps)
     return out
 
@@ -132,18 +137,32 @@ def generator(cfg: ReenactConfig, regressor_dir: Path, threads: int = 1) -> Path
 
 @step("reenact.regressor", run_name="train[regressor, {cfg.regressor.steps} steps]")
 def regressor(cfg: ReenactConfig, threads: int = 1) -> Path:
-    """Train the morph regressor (the expression-fidelity judge) on real training renders."""
-    from .regressor import RegressorRecipe
+    """Train the morph regressor (the expression-fidelity judge) on real training renders, minus a
+    validation share of poses on which it then proves which morphs it reads (``judge.json``)."""
+    from tasks.common.morphs import ANIME_MORPH_NAMES
+
+    from .regressor import MorphRegressor, Readability, RegressorRecipe, validation_split
 
     data, r, g = ReenactData.open(cfg), cfg.regressor, cfg.generator
+    held: dict = {}
 
     def recipe() -> RegressorRecipe:
-        return RegressorRecipe(data.train_frames(g.styles, g.image_size), steps=r.steps, batch=r.batch, lr=r.lr,
-                               channels=r.channels, seed=cfg.seed)
+        frames = data.train_frames(r.styles, g.image_size)
+        fit, held["validation"] = validation_split(frames, r.validation_fraction, cfg.seed)
+        held["all"] = frames
+        return RegressorRecipe(fit, steps=r.steps, batch=r.batch, lr=r.lr, channels=r.channels, seed=cfg.seed)
 
-    return _train("regressor", cfg, recipe, config={"r": r, "size": g.image_size, "styles": g.styles,
+    def prove_reading(out: Path) -> None:
+        from safetensors.torch import load_file
+
+        reg = MorphRegressor(17, r.channels, g.image_size)
+        reg.load_state_dict(load_file(str(out / "regressor.safetensors")))
+        proof = Readability.measure(reg.eval(), held["validation"], held["all"], ANIME_MORPH_NAMES)
+        write_json(out / "judge.json", proof.to_json())
+
+    return _train("regressor", cfg, recipe, config={"r": r, "size": g.image_size,
                                                     "heldout": cfg.heldout_expression_fraction},
-                  inputs=[*data.labels, data.paths.shards], threads=threads)
+                  inputs=[*data.labels, data.paths.shards], threads=threads, after=prove_reading)
 
 
 @step("reenact.report", run_name="report[{cfg.eval_pairs} pairs]")
