@@ -2,7 +2,7 @@
 renders, and on *other* held-out true renders its error on those morphs is far below what it reads
 off a copy of the identity's neutral frame.
 
-Renders a small anime set in Blender (2 identities × 121 poses, 64², default style); a quarter of
+Renders a small anime set in Blender (2 identities × 241 poses, 64², default style); a quarter of
 each identity's random poses is the test split, the regressor step's own validation split and
 recipe run on the rest.
 """
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # ~1.5 min of rendering + ~1.5 min of training on 2 cores
+pytestmark = pytest.mark.slow  # ~2.5 min of rendering + ~1.5 min of training on 2 cores
 
-ANIMECELEB = ["identities=2", "domains=[anime]", "styles=[default]", "frames_per_identity=120",
+ANIMECELEB = ["identities=2", "domains=[anime]", "styles=[default]", "frames_per_identity=240",
               "sequences_per_identity=0", "resolution=64", "samples=2", "test_fraction=0", "frames_per_shard=121",
               "contact_sheet_samples=4", "resources.workers=2"]
 #: on the test split, the read morphs' error must be below this share of copy-source's
