@@ -50,10 +50,13 @@ def self_reenactment_pairs(frames: AnimeFrames, n: int, seed: int) -> tuple[list
 
 
 @torch.no_grad()
-def generate(gen: AnimeGenerator, source: torch.Tensor, pose: torch.Tensor, batch: int = 16) -> torch.Tensor:
+def generate(gen: AnimeGenerator, source: torch.Tensor, pose: torch.Tensor, batch: int = 16,
+             stage: int = 1) -> torch.Tensor:
+    """The generator's output for each (source, pose): ``stage`` 1 the edited frame (the result),
+    0 the warped source alone."""
     out = []
     for i in range(0, len(source), batch):
-        out.append(gen(source[i:i + batch], pose[i:i + batch])[1].float())
+        out.append(gen(source[i:i + batch], pose[i:i + batch])[stage].float())
     return torch.cat(out).clamp(0, 1)
 
 
@@ -82,4 +85,5 @@ def generator_rows(split: str, frames: AnimeFrames, gen: AnimeGenerator, reg: Mo
             row.update(psnr_db=float(psnr(img, tgt).mean()), ssim=float(ssim(img, tgt)),
                        l1=float((img - tgt).abs().mean()))
         rows.append(row)
-    return rows, {"source": src[:8], "target": tgt[:8], "generated": fake[:8]}
+    warped = generate(gen, src[:8], pose_vector(w[:8], a[:8]), stage=0)
+    return rows, {"source": src[:8], "target": tgt[:8], "warped": warped, "generated": fake[:8]}

@@ -6,6 +6,8 @@ of a network trained here on the renders, which by training respond to eyes, bro
 training identities (held-out expressions excluded), it reads the morphs off a generated frame;
 its error against the morphs the generator was asked for says whether the expression arrived.
 Its error on *real* renders of the same frames is reported beside it as the judge's own floor.
+Before it judges anything it proves, on validation poses it never trained on, which morphs it reads
+(:class:`Readability`); only those count in the fidelity metric.
 """
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: P
         more, _ = generator_rows("heldout_expressions", data.heldout_expression_frames(g.styles, g.image_size), gen,
                                  reg, cfg.eval_pairs, cfg.seed, read)
         gen_rows += more
-    strip({"source": pics["source"], "true": pics["target"], "generated": pics["generated"]},
+    strip({"source": pics["source"], "true": pics["target"], "warped only": pics["warped"], "generated": pics["generated"]},
           out / "self_reenactment.png", size=max(g.image_size, 96))
 
     # cross-domain: a test human drives a test anime identity; beside it the true anime render
