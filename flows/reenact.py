@@ -15,7 +15,8 @@ def reenact(cfg: ReenactConfig, res: RunResources) -> FlowReport:
     ``dvc repro reenact`` renders them first). Chain: bridge B (anime morphs → human blendshapes,
     fitted on landmarks) → in parallel: EDTN, one per training seed (human ARKit coefficients → 17
     anime morphs, geometric loss in human mesh space through B, natural training expressions) and
-    the morph regressor (the fidelity judge) → the anime head generator (mapping / warping / editing
+    the morph regressor (the fidelity judge, which first proves on validation poses which morphs it
+    reads: ``regressor/judge.json``) → the anime head generator (mapping / warping / editing
     nets + patch discriminator, self-reenactment pairs, the regressor's features as perceptual
     loss) → report (the fair test: human expressions with known anime answers + distractors, EDTN vs
     neutral / B⁻¹ / an Animo-style mapping with intervals over expressions and seeds; generator
