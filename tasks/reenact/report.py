@@ -163,7 +163,7 @@ def write_report(out: Path, cfg: ReenactConfig, data: ReenactData, bridge_dir: P
     g = cfg.generator
     B = load_file(str(Path(bridge_dir) / "bridge.safetensors"))["B"]
     nets = [_load(EDTN(B.shape[1], B.shape[0], cfg.edtn.hidden), Path(d) / "edtn.safetensors") for d in edtn_dirs]
-    gen = _load(AnimeGenerator(g.channels, g.descriptor, g.depth), Path(generator_dir) / "generator.safetensors")
+    gen = _load(AnimeGenerator.of(g), Path(generator_dir) / "generator.safetensors")
     reg = _load(MorphRegressor(B.shape[0], cfg.regressor.channels, g.image_size), Path(regressor_dir) / "regressor.safetensors")
     judge = read_json(Path(regressor_dir) / "judge.json")
     read = [ANIME_MORPH_NAMES.index(m) for m in judge["readable"]]

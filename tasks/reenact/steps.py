@@ -124,11 +124,8 @@ def generator(cfg: ReenactConfig, regressor_dir: Path, threads: int = 1) -> Path
         if g.w_perceptual > 0:
             judge = MorphRegressor(17, cfg.regressor.channels, g.image_size)
             judge.load_state_dict(load_file(str(Path(regressor_dir) / "regressor.safetensors")))
-        return GeneratorRecipe(PairSampler(data.train_frames(g.styles, g.image_size)), steps=g.steps, batch=g.batch,
-                               lr=g.lr, channels=g.channels, descriptor=g.descriptor, depth=g.depth, w_warp=g.w_warp,
-                               w_final=g.w_final, w_adv=g.w_adv, edit_start=int(g.edit_start * g.steps),
-                               adv_start=int(g.adv_start * g.steps), seed=cfg.seed, judge=judge,
-                               w_perceptual=g.w_perceptual)
+        return GeneratorRecipe(PairSampler(data.train_frames(g.styles, g.image_size), g.basis_source), g,
+                               seed=cfg.seed, judge=judge)
 
     inputs = [*data.labels, data.paths.shards] + ([Path(regressor_dir)] if g.w_perceptual > 0 else [])
     return _train("generator", cfg, recipe, config={"g": g, "heldout": cfg.heldout_expression_fraction},

@@ -49,10 +49,12 @@ class FashionPairs:
 
 
 def _recipe(steps: int):
+    from tasks.reenact.config import GeneratorConfig
     from tasks.reenact.generator import GeneratorRecipe
 
-    return GeneratorRecipe(FashionPairs(), steps=steps, batch=4, lr=LR, channels=8, descriptor=16, depth=2,
-                           w_warp=1.0, w_final=1.0, w_adv=0.1, edit_start=0, adv_start=0, seed=0)
+    cfg = GeneratorConfig(image_size=32, steps=steps, batch=4, lr=LR, channels=8, descriptor=16, depth=2, w_warp=1.0,
+                          w_final=1.0, w_adv=0.1, w_perceptual=0.0, edit_start=0, adv_start=0, warp_pool=1)
+    return GeneratorRecipe(FashionPairs(), cfg, seed=0)
 
 
 @pytest.fixture
