@@ -26,7 +26,7 @@ def reenact(cfg: ReenactConfig, res: RunResources) -> FlowReport:
     outs), ``report/headline.json`` (DVC metrics; ``metrics.json`` in full), ``report/cross_domain.{png,mp4}``,
     ``report/self_reenactment.png``.
 
-    Run: ``paperline run reenact --set generator.steps=1000`` · ``dvc repro reenact`` ·
+    Run: ``paperline run reenact --set generator.steps=2000`` · ``dvc repro reenact`` ·
     ``dvc exp run -S reenact.edtn.lr=1e-4`` · the ``reenact-weekly`` deployment.
     """
     check_inputs(cfg)  # a missing, mismatched or damaged animeceleb dataset fails here, naming the field

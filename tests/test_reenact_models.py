@@ -230,3 +230,13 @@ def test_basis_sourced_pairs_animate_the_neutral_portrait_within_one_identity_an
         assert from_basis == pytest.approx(want, abs=0.06), share
         assert not any(rows.kind[t] == "basis" for t in tgt) or share < 1
         torch.testing.assert_close(b["pose"][:, :17], torch.as_tensor(np.stack(rows.weights[tgt].to_numpy())).float())
+
+
+def test_detail_ratio_is_one_for_the_truth_and_falls_for_a_blur():
+    import torch.nn.functional as F
+
+    from tasks.reenact.metrics import detail_ratio
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert detail_ratio(x, x) == pytest.approx(1.0)
+    assert detail_ratio(F.avg_pool2d(x, 3, 1, 1), x) < 0.5  # PSNR would call this blur close; detail does not

@@ -261,7 +261,7 @@ def flat_metrics(m: dict) -> dict:
         **{k: round(v, 5) for k, v in opt["human_space"].items()}}
     for r in m["generator"]:
         out["generator"].setdefault(r["split"], {})[r["method"]] = {
-            k: round(r[k], 5) for k in ("psnr_db", "ssim", "l1", "judge_mae_read", "regressor_mae_changed",
+            k: round(r[k], 5) for k in ("psnr_db", "ssim", "l1", "detail", "judge_mae_read", "regressor_mae_changed",
                                         "regressor_morph_mae") if k in r}
     cd = m["cross_domain"]
     out["cross_domain"] = {k: {n: round(x, 5) for n, x in v.items()} for k, v in cd.items() if isinstance(v, dict)}
@@ -348,7 +348,7 @@ def tables(metrics: dict) -> str:
             row.update({k: _cell(dis["edtn_minus"][method][k], 2) for k in LEAKS})
         diff.append(row)
     per = [{"morph": n, **{m: round(v[k], 3) for m, v in tr["per_morph_mae"].items()}} for k, n in enumerate(ANIME_MORPH_NAMES)]
-    gen = [{k: r.get(k, "") for k in ("split", "method", "pairs", "psnr_db", "ssim", "l1", "judge_mae_read",
+    gen = [{k: r.get(k, "") for k in ("split", "method", "pairs", "psnr_db", "ssim", "l1", "detail", "judge_mae_read",
                                       "judge_n_read", "regressor_mae_changed", "regressor_morph_mae")}
            for r in metrics["generator"]]
     judge = metrics["judge"]
@@ -384,7 +384,9 @@ def tables(metrics: dict) -> str:
         "against the driving frame's true morphs, on the read morphs the driving frame changes by > 0.1 from the "
         "source (judge_n_read of them); regressor_mae_changed / regressor_morph_mae: the same over every changed "
         "morph / all 17 (secondary: unread morphs are noise); true_render = the judge reading real held-out "
-        "renders, its floor; source_copy = a generator that ignores the pose)\n\n" + markdown_table(gen)
+        "renders, its floor; warped_only = the generator's warped source without the editing net; source_copy = a "
+        "generator that ignores the pose; detail = mean |Laplacian| / the true render's: 1 = as detailed, → 0 = a "
+        "blur, which PSNR rewards)\n\n" + markdown_table(gen)
         + f"\n\n**Cross-domain demo** ({cd['frames']} frames: test human {cd['human_identity']} drives test anime "
         f"{cd['source_identity']}; the true anime frames are rendered from the ground-truth labels)\n\n"
         + markdown_table(cdt)
