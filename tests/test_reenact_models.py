@@ -240,3 +240,17 @@ def test_detail_ratio_is_one_for_the_truth_and_falls_for_a_blur():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert detail_ratio(x, x) == pytest.approx(1.0)
     assert detail_ratio(F.avg_pool2d(x, 3, 1, 1), x) < 0.5  # PSNR would call this blur close; detail does not
+
+
+@pytest.mark.parametrize("flow_down", [1, 2])
+def test_an_untrained_generator_returns_its_source_unmoved_and_barely_painted(flow_down):
+    from tasks.reenact.generator import AnimeGenerator
+
+    torch.manual_seed(0)
+    gen = AnimeGenerator(channels=8, descriptor=16, depth=2, flow_down=flow_down)
+    src = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        warped, edited, flow = gen(src, torch.rand(2, 20))
+    assert float(flow.abs().max()) == 0  # zero-initialised flow head: the identity warp
+    torch.testing.assert_close(warped, src, atol=1e-5, rtol=0)
+    assert float((edited - src).abs().max()) < 0.02  # the editing mask starts at sigmoid(-4) ≈ 0.018

@@ -22,7 +22,8 @@ with a small weight ``w_adv`` from ``adv_start`` on.
 What made it draw faces at the CPU budget (1,000 steps of batch 4; 2026-12-03, 600-step probes on
 the default data, held-out identities): the basis-frame source
 (:class:`~tasks.reenact.data.PairSampler`), the coarse warp loss, the masked editing net and
-lr 1e-3 — at Animo's 2e-4 every variant stayed a blur with erased eyes.
+lr 1e-3 — at our former 2e-4 (Animo's is 1e-4, for ~10⁵ steps) every variant stayed a blur with
+erased eyes; the README's reenact section has the probe table.
 """
 from __future__ import annotations
 
